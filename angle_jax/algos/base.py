@@ -1,0 +1,82 @@
+"""The algorithm interface and the pieces every algorithm shares."""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class Transition:
+    """One vectorised env step as stored in replay (leaves `[num_envs, ...]`)."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+
+
+class Algorithm(NamedTuple):
+    """An algorithm is a bundle of pure functions, like an optax transformation.
+
+    init(key, spec) -> state
+    update(state, batch, key) -> (state, metrics)
+    act(state, obs) -> action                 deterministic, for evaluation
+    explore(state, obs, key) -> action        stochastic, for collecting data
+    make_buffer(loop) -> ReplayBuffer         optional: the replay this algorithm samples
+                                              from (default: uniform replay of Transitions)
+
+    When `update`'s metrics contain "priorities" (shape [batch]) and the buffer has
+    `update_priorities(buffer_state, batch, priorities)`, the off-policy loop
+    feeds them back after every update.
+    """
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Any, dict]]
+    act: Callable[..., jax.Array]
+    explore: Callable[..., jax.Array]
+    config: Any
+    kind: str = "off_policy"
+    make_buffer: Callable[..., Any] | None = None
+
+
+def polyak_update(online: Any, target: Any, tau: jax.Array) -> Any:
+    """target <- target + tau * (online - target), leaf by leaf."""
+    return jax.tree.map(lambda o, t: t + tau * (o - t), online, target)
+
+
+def direction_optimizer(max_grad_norm: float = 0.0, eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam's direction without a learning rate; the step size is applied by
+    `apply_gradients` from a traced hyperparameter, so it can be swept or meta-learned."""
+    parts = []
+    if max_grad_norm and max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts.append(optax.scale_by_adam(eps=eps))
+    return optax.chain(*parts)
+
+
+def apply_gradients(tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                    grads: Any, learning_rate: jax.Array) -> tuple[Any, Any]:
+    """One descent step of size `learning_rate` along `tx`'s direction."""
+    direction, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, d: p - learning_rate * d, params, direction)
+    return params, opt_state
+
+
+def maybe_pmean(tree: Any, axis_name: str | None) -> Any:
+    """Average over a mapped device axis when one is named (data-parallel training)."""
+    if axis_name is None:
+        return tree
+    return jax.lax.pmean(tree, axis_name)
+
+
+def hparams_from_config(cls: type, config: Any) -> Any:
+    """Build the traced hyperparameter pytree `cls` from same-named config fields."""
+    import dataclasses
+
+    return cls(**{f.name: jnp.asarray(getattr(config, f.name), jnp.float32) for f in dataclasses.fields(cls)})

@@ -1,0 +1,275 @@
+"""Run configuration: dataclasses loaded from YAML and `--set key=value` overrides.
+
+Every problem (unknown key, wrong type, impossible value) raises `ConfigError`
+with a one-line message naming the key, before anything is compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from angle_jax import registry
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# Tuned settings used when no --config is given for this (algo, env).
+PRESETS: dict[tuple[str, str], str] = {
+    ("td3", "Pendulum-v1"): "td3_pendulum.yaml",
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the offending key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run is: algorithm, env, budget, loop sizes, logging. `agent` holds the
+    algorithm's own settings (its module's `Config`)."""
+
+    algo: str = "td3"
+    env: str = "Pendulum-v1"
+    env_kwargs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    seeds: int = 1
+    total_steps: int = 1_000_000
+    num_envs: int = 1
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    learning_starts: int = 25_000
+    train_frequency: int = 1
+    gradient_steps: int = 1
+    log_interval: int = 5_000
+    eval_episodes: int = 10
+    eval_interval: int = 0
+    checkpoint_interval: int = 0
+    keep_checkpoints: int = 3
+    save_buffer: bool | None = None
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+    agent: Any = None
+
+    def validate(self) -> None:
+        positive = ("seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "train_frequency",
+                    "gradient_steps", "log_interval", "eval_episodes", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("learning_starts", "eval_interval", "checkpoint_interval", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        module = registry.load_algo(self.algo)
+        if getattr(module, "LOOP", "off_policy") == "off_policy":
+            if self.buffer_size < self.num_envs:
+                raise ConfigError(f"buffer_size ({self.buffer_size}) must be at least num_envs ({self.num_envs})")
+            if self.batch_size > self.buffer_size:
+                raise ConfigError(f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})")
+        if self.agent is not None and hasattr(self.agent, "validate"):
+            try:
+                self.agent.validate()
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(f"agent.{e}") from None
+
+
+# ---- typed coercion -------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or the command line) to the field type `tp`, or fail naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin is tuple or tp is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        elem = args[0] if args else Any
+        return tuple(_coerce(f"{key}[{i}]", v, elem) for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key} must be a mapping, got {value!r}")
+    if origin is list or tp is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return list(value)
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(prefix + key, names)
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def preset_path(algo: str, env: str) -> Path | None:
+    name = PRESETS.get((algo, env))
+    if name is None:
+        return None
+    path = CONFIG_DIR / name
+    return path if path.is_file() else None
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
+                **cli: Any) -> RunConfig:
+    """Defaults < YAML file < command-line flags (`cli`, None = not given) < `--set` overrides."""
+    data: dict = {}
+    if config_file is not None:
+        data.update(read_yaml(config_file))
+    for key, value in cli.items():
+        if value is not None:
+            data[key] = value
+    agent_values = dict(data.pop("agent", None) or {})
+    if not isinstance(agent_values, dict):
+        raise ConfigError("agent must be a mapping of algorithm settings")
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        if key.startswith("agent."):
+            agent_values[key[len("agent."):]] = value
+        else:
+            data[key] = value
+    algo = data.get("algo", RunConfig.algo)
+    if not isinstance(algo, str):
+        raise ConfigError(f"algo must be a string, got {algo!r}")
+    try:
+        module = registry.load_algo(algo)
+    except registry.UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    agent = _build(module.Config, agent_values, "agent.")
+    run = _build(RunConfig, data)
+    run = dataclasses.replace(run, agent=agent)
+    try:
+        registry.check_env_name(run.env)
+    except registry.UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    run.validate()
+    return run
+
+
+def to_dict(config: RunConfig) -> dict:
+    """Plain YAML-able dict of a run config (tuples as lists)."""
+    def plain(x):
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    out = {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "agent"}
+    if config.agent is not None:
+        out["agent"] = {f.name: plain(getattr(config.agent, f.name)) for f in dataclasses.fields(config.agent)}
+    return out
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,92 @@
+"""gymnax envs under the batched protocol: vmapped, auto-reset, truncation kept apart."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from angle_jax.envs.base import Box, Discrete, Env, EnvSpec, TimeStep
+
+
+def gymnax_names() -> list[str]:
+    import gymnax
+
+    # MNISTBandit downloads a dataset at construction time: not usable offline.
+    return [n for n in gymnax.registered_envs if n != "MNISTBandit-bsuite"]
+
+
+def _space_from_gymnax(space) -> Discrete | Box:
+    from gymnax.environments import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return Discrete(int(space.n))
+    if isinstance(space, spaces.Box):
+        shape = tuple(int(s) for s in space.shape)
+        low = np.broadcast_to(np.asarray(space.low, np.float32), shape).reshape(-1)
+        high = np.broadcast_to(np.asarray(space.high, np.float32), shape).reshape(-1)
+        return Box(tuple(float(x) for x in low), tuple(float(x) for x in high), shape)
+    raise TypeError(f"unsupported gymnax action space {type(space).__name__}")
+
+
+class GymnaxEnv(Env):
+    """A gymnax env batched over `num_envs` with automatic reset.
+
+    Boolean observations (MinAtar) are stored as uint8 so replay stays small.
+    """
+
+    def __init__(self, name: str, num_envs: int, **param_overrides):
+        import gymnax
+
+        self.gymnax_env, params = gymnax.make(name)
+        if param_overrides:
+            params = params.replace(**param_overrides)
+        self.params = params
+        obs, _ = self.gymnax_env.reset_env(jax.random.PRNGKey(0), params)
+        obs_dtype = jnp.uint8 if obs.dtype == jnp.bool_ else jnp.float32
+        self._obs_dtype = obs_dtype
+        self.spec = EnvSpec(
+            name=name,
+            obs_shape=tuple(obs.shape),
+            obs_dtype=jnp.dtype(obs_dtype).name,
+            action_space=_space_from_gymnax(self.gymnax_env.action_space(params)),
+            num_envs=int(num_envs),
+            max_episode_steps=int(params.max_steps_in_episode),
+        )
+
+    def _cast(self, obs):
+        return obs.astype(self._obs_dtype)
+
+    def reset(self, key):
+        keys = jax.random.split(key, self.spec.num_envs)
+        obs, state = jax.vmap(self.gymnax_env.reset_env, in_axes=(0, None))(keys, self.params)
+        return self._cast(obs), state
+
+    def _step_one(self, state, action, key):
+        env, params = self.gymnax_env, self.params
+        key_step, key_reset = jax.random.split(key)
+        next_obs, next_state, reward, terminated, info = env.step_env(key_step, state, action, params)
+        truncated = jnp.logical_and(env.is_truncated(next_state, params), jnp.logical_not(terminated))
+        done = jnp.logical_or(terminated, truncated)
+        reset_obs, reset_state = env.reset_env(key_reset, params)
+        state = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, next_state)
+        obs = jnp.where(done, reset_obs, next_obs)
+        return state, obs, next_obs, reward, terminated, truncated
+
+    def step(self, state, action, key):
+        keys = jax.random.split(key, self.spec.num_envs)
+        state, obs, next_obs, reward, term, trunc = jax.vmap(self._step_one)(state, action, keys)
+        ts = TimeStep(
+            obs=self._cast(obs),
+            reward=reward.astype(jnp.float32),
+            terminated=term.astype(jnp.bool_),
+            truncated=trunc.astype(jnp.bool_),
+            next_obs=self._cast(next_obs),
+            info={},
+        )
+        return state, ts
+
+    def render(self, state, index: int = 0) -> np.ndarray:
+        from angle_jax.envs.render import render_gymnax
+
+        one = jax.tree.map(lambda x: np.asarray(x)[index], state)
+        return render_gymnax(self.spec.name, self.gymnax_env, one, self.params)

@@ -1,0 +1,3 @@
+from angle_jax.replay.buffer import BufferState, ReplayBuffer, uniform_replay
+
+__all__ = ["BufferState", "ReplayBuffer", "uniform_replay"]

@@ -1,0 +1,250 @@
+"""The compiled off-policy collect-learn loop.
+
+`make_train(algo, env, config)` returns pure functions: `init(key) -> carry`,
+`run(carry, num_iters) -> (carry, logs)` (one `lax.scan` over vectorised env
+steps: explore, env step, replay add, and every `train_frequency` steps
+`gradient_steps` x (sample, update)), `evaluate(agent, key)` and
+`train(key)` for the whole budget in one call (the PureJaxRL shape).
+Everything is written for one seed; `seed_axes` says how to `vmap` a carry
+over seeds while the step counters stay shared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from angle_jax.algos.base import Algorithm, Transition
+from angle_jax.envs.base import Env, random_actions
+from angle_jax.replay.buffer import BufferState, uniform_replay
+from angle_jax.training.axes import seed_axes
+
+
+@dataclasses.dataclass(frozen=True)
+class OffPolicyLoop:
+    """Static loop sizes, all in vectorised env steps ("iterations") except where named."""
+
+    num_envs: int
+    capacity_per_env: int
+    batch_size: int
+    learning_starts_iters: int
+    train_frequency: int
+    gradient_steps: int
+
+
+def loop_from_config(cfg) -> OffPolicyLoop:
+    """Translate a run config (budget in env steps) into loop sizes in iterations."""
+    return OffPolicyLoop(
+        num_envs=cfg.num_envs,
+        capacity_per_env=max(1, cfg.buffer_size // cfg.num_envs),
+        batch_size=cfg.batch_size,
+        learning_starts_iters=math.ceil(cfg.learning_starts / cfg.num_envs),
+        train_frequency=cfg.train_frequency,
+        gradient_steps=cfg.gradient_steps,
+    )
+
+
+class MetaLearner(NamedTuple):
+    """A learner that runs beside the algorithm every `interval` learning iterations.
+
+    init(key, agent_state, spec) -> meta_state
+    update(meta_state, agent_state, batch, key) -> (meta_state, agent_state, metrics)
+    `update` may change the agent state (e.g. meta-learned hyperparameters) and
+    sees a replay batch drawn for it alone.
+    """
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Any, Any, dict]]
+    interval: int
+
+
+@struct.dataclass
+class OffPolicyCarry:
+    agent: Any
+    buffer: BufferState
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    iteration: jax.Array  # vectorised env steps done; shared by all seeds
+    meta: Any = None
+
+    shared_fields = ("iteration",)
+
+
+@struct.dataclass
+class EpisodeAccumulator:
+    """Running sums over the episodes that end within one chunk."""
+
+    count: jax.Array
+    return_sum: jax.Array
+    return_min: jax.Array
+    return_max: jax.Array
+    length_sum: jax.Array
+
+    @classmethod
+    def zeros(cls):
+        f = jnp.zeros((), jnp.float32)
+        return cls(f, f, jnp.full((), jnp.inf), jnp.full((), -jnp.inf), f)
+
+    def add(self, info: dict) -> "EpisodeAccumulator":
+        done = info["episode_done"]
+        ret = info["episode_return"]
+        return EpisodeAccumulator(
+            self.count + jnp.sum(done),
+            self.return_sum + jnp.sum(jnp.where(done, ret, 0.0)),
+            jnp.minimum(self.return_min, jnp.min(jnp.where(done, ret, jnp.inf))),
+            jnp.maximum(self.return_max, jnp.max(jnp.where(done, ret, -jnp.inf))),
+            self.length_sum + jnp.sum(jnp.where(done, info["episode_length"], 0)),
+        )
+
+    def summary(self) -> dict:
+        n = jnp.maximum(self.count, 1.0)
+        nan = jnp.full((), jnp.nan)
+        has = self.count > 0
+        return {
+            "episodes": self.count,
+            "episode_return_mean": jnp.where(has, self.return_sum / n, nan),
+            "episode_return_min": jnp.where(has, self.return_min, nan),
+            "episode_return_max": jnp.where(has, self.return_max, nan),
+            "episode_length_mean": jnp.where(has, self.length_sum / n, nan),
+        }
+
+
+class OffPolicyTrain(NamedTuple):
+    init: Callable[[jax.Array], OffPolicyCarry]
+    run: Callable[[OffPolicyCarry, int], tuple[OffPolicyCarry, dict]]
+    evaluate: Callable[[Any, jax.Array], jax.Array]
+    train: Callable[[jax.Array, int], tuple[OffPolicyCarry, dict]]
+    loop: OffPolicyLoop
+
+
+def make_evaluate(algo: Algorithm, eval_env: Env) -> Callable[[Any, jax.Array], jax.Array]:
+    """Deterministic evaluation: one episode per eval env, returns `[num_envs]` episode returns."""
+    horizon = eval_env.spec.max_episode_steps
+
+    def evaluate(agent: Any, key: jax.Array) -> jax.Array:
+        k_reset, k_steps = jax.random.split(key)
+        obs, env_state = eval_env.reset(k_reset)
+        n = eval_env.spec.num_envs
+
+        def body(c, k):
+            env_state, obs, total, alive = c
+            env_state, ts = eval_env.step(env_state, algo.act(agent, obs), k)
+            reward = ts.info.get("raw_reward", ts.reward)
+            total = total + jnp.where(alive, reward, 0.0)
+            alive = jnp.logical_and(alive, jnp.logical_not(ts.info.get("episode_end", ts.done)))
+            return (env_state, ts.obs, total, alive), None
+
+        init = (env_state, obs, jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.bool_))
+        (_, _, total, _), _ = jax.lax.scan(body, init, jax.random.split(k_steps, horizon))
+        return total
+
+    return evaluate
+
+
+def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | None = None,
+               meta: MetaLearner | None = None) -> OffPolicyTrain:
+    """Build the pure functions of one off-policy run (one seed)."""
+    spec = env.spec
+    if spec.num_envs != loop.num_envs:
+        raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
+    if algo.make_buffer is not None:
+        buffer = algo.make_buffer(loop)
+    else:
+        buffer = uniform_replay(loop.capacity_per_env, loop.batch_size)
+    feeds_priorities = buffer.update_priorities is not None
+
+    def init(key: jax.Array) -> OffPolicyCarry:
+        k_agent, k_env, k_carry = jax.random.split(key, 3)
+        agent = algo.init(k_agent, spec)
+        obs, env_state = env.reset(k_env)
+        action = random_actions(spec, k_env)
+        example = Transition(obs, action, jnp.zeros(spec.num_envs, jnp.float32),
+                             jnp.zeros(spec.num_envs, jnp.bool_), jnp.zeros(spec.num_envs, jnp.bool_), obs)
+        meta_state = None
+        if meta is not None:
+            k_carry, k_meta = jax.random.split(k_carry)
+            meta_state = meta.init(k_meta, agent, spec)
+        return OffPolicyCarry(agent, buffer.init(example), env_state, obs, k_carry,
+                              jnp.zeros((), jnp.int32), meta_state)
+
+    def learn(agent, buffer_state, key):
+        def one(c, k):
+            agent, buffer_state = c
+            k_sample, k_update = jax.random.split(k)
+            batch = buffer.sample(buffer_state, k_sample)
+            agent, metrics = algo.update(agent, batch, k_update)
+            priorities = metrics.pop("priorities", None)
+            if feeds_priorities and priorities is not None:
+                buffer_state = buffer.update_priorities(buffer_state, batch, priorities)
+            return (agent, buffer_state), metrics
+
+        keys = jax.random.split(key, loop.gradient_steps)
+        if loop.gradient_steps == 1:
+            return one((agent, buffer_state), keys[0])
+        (agent, buffer_state), metrics = jax.lax.scan(one, (agent, buffer_state), keys)
+        return (agent, buffer_state), jax.tree.map(jnp.mean, metrics)
+
+    def step(carry: OffPolicyCarry, episodes: EpisodeAccumulator, metric_shapes):
+        key, k_act, k_env, k_learn = jax.random.split(carry.key, 4)
+        warmup = carry.iteration < loop.learning_starts_iters
+        action = jax.lax.cond(
+            warmup,
+            lambda: random_actions(spec, k_act),
+            lambda: algo.explore(carry.agent, carry.obs, k_act).astype(spec.action_space.dtype),
+        )
+        env_state, ts = env.step(carry.env_state, action, k_env)
+        buffer_state = buffer.add(
+            carry.buffer, Transition(carry.obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs))
+        should_learn = jnp.logical_and(
+            jnp.logical_not(warmup), carry.iteration % loop.train_frequency == 0)
+        (agent, buffer_state), metrics = jax.lax.cond(
+            should_learn,
+            lambda: learn(carry.agent, buffer_state, k_learn),
+            lambda: ((carry.agent, buffer_state),
+                     jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), metric_shapes)),
+        )
+        meta_state = carry.meta
+        if meta is not None:
+            learn_iteration = (carry.iteration - loop.learning_starts_iters) // loop.train_frequency
+            do_meta = jnp.logical_and(should_learn, learn_iteration % meta.interval == 0)
+
+            def run_meta():
+                k_sample, k_meta = jax.random.split(jax.random.fold_in(k_learn, 1))
+                batch = buffer.sample(buffer_state, k_sample)
+                return meta.update(carry.meta, agent, batch, k_meta)
+
+            meta_shapes = jax.eval_shape(run_meta)[2]
+            meta_state, agent, meta_metrics = jax.lax.cond(
+                do_meta, run_meta,
+                lambda: (carry.meta, agent, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), meta_shapes)))
+            metrics = {**metrics, **meta_metrics}
+        carry = OffPolicyCarry(agent, buffer_state, env_state, ts.obs, key, carry.iteration + 1, meta_state)
+        return carry, episodes.add(ts.info), metrics
+
+    def run(carry: OffPolicyCarry, num_iters: int) -> tuple[OffPolicyCarry, dict]:
+        """Advance `num_iters` vectorised env steps; return the chunk's summary."""
+        batch = jax.eval_shape(lambda: buffer.sample(carry.buffer, carry.key))
+        _, metric_shapes = jax.eval_shape(algo.update, carry.agent, batch, carry.key)
+        metric_shapes = {k: v for k, v in metric_shapes.items() if k != "priorities"}
+
+        def body(c, _):
+            carry, episodes = c
+            carry, episodes, metrics = step(carry, episodes, metric_shapes)
+            return (carry, episodes), metrics
+
+        (carry, episodes), metrics = jax.lax.scan(body, (carry, EpisodeAccumulator.zeros()), None, length=num_iters)
+        logs = dict(episodes.summary())
+        logs.update({k: jnp.nanmean(v) for k, v in metrics.items()})
+        return carry, logs
+
+    evaluate = make_evaluate(algo, eval_env) if eval_env is not None else None
+
+    def train(key: jax.Array, num_iters: int):
+        return run(init(key), num_iters)
+
+    return OffPolicyTrain(init, run, evaluate, train, loop)
