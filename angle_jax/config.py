@@ -51,6 +51,10 @@ class RunConfig:
     checkpoint_interval: int = 0
     keep_checkpoints: int = 3
     save_buffer: bool | None = None
+    modules: tuple[str, ...] = ()
+    module_kwargs: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict)
+    auxiliary: tuple[str, ...] = ()
     tensorboard: bool = True
     wandb: bool = False
     progress: bool = True

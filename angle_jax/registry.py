@@ -20,6 +20,18 @@ ALGOS: dict[str, str] = {
 
 _ENV_FACTORIES: dict[str, Callable[..., Env]] = {}
 
+# Modules that call `register_env` for the envs this package ships beyond gymnax.
+BUILTIN_ENV_MODULES: list[str] = []
+_builtins_loaded = False
+
+
+def _load_builtin_envs() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in BUILTIN_ENV_MODULES:
+            importlib.import_module(module)
+
 
 class UnknownNameError(ValueError):
     """An algo or env name that is not registered; the message lists the valid ones."""
@@ -55,10 +67,12 @@ def _gymnax_names() -> list[str]:
 
 
 def env_names() -> list[str]:
+    _load_builtin_envs()
     return sorted(set(_gymnax_names()) | set(_ENV_FACTORIES))
 
 
 def check_env_name(name: str) -> None:
+    _load_builtin_envs()
     if name not in _ENV_FACTORIES and name not in _gymnax_names():
         raise _unknown("env", name, env_names())
 

@@ -27,7 +27,8 @@ class Algorithm(NamedTuple):
     init(key, spec) -> state
     update(state, batch, key) -> (state, metrics)
     act(state, obs) -> action                 deterministic, for evaluation
-    explore(state, obs, key) -> action        stochastic, for collecting data
+    explore(state, obs, key, step) -> action  stochastic, for collecting data; `step` is the
+                                              int32 count of env steps so far (for schedules)
     make_buffer(loop) -> ReplayBuffer         optional: the replay this algorithm samples
                                               from (default: uniform replay of Transitions)
 

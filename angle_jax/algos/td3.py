@@ -171,7 +171,8 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
     def act(state: TD3State, obs: jax.Array) -> jax.Array:
         return actor.apply(state.actor_params, obs)
 
-    def explore(state: TD3State, obs: jax.Array, key: jax.Array) -> jax.Array:
+    def explore(state: TD3State, obs: jax.Array, key: jax.Array, step: jax.Array | None = None) -> jax.Array:
+        del step
         return exploration_action(act(state, obs), key, state.hparams.exploration_noise)
 
     def update(state: TD3State, batch: Transition, key: jax.Array):

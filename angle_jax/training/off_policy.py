@@ -120,6 +120,7 @@ class OffPolicyTrain(NamedTuple):
     evaluate: Callable[[Any, jax.Array], jax.Array]
     train: Callable[[jax.Array, int], tuple[OffPolicyCarry, dict]]
     loop: OffPolicyLoop
+    steps_per_iteration: int  # env steps (summed over envs) per loop iteration
 
 
 def make_evaluate(algo: Algorithm, eval_env: Env) -> Callable[[Any, jax.Array], jax.Array]:
@@ -195,7 +196,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         action = jax.lax.cond(
             warmup,
             lambda: random_actions(spec, k_act),
-            lambda: algo.explore(carry.agent, carry.obs, k_act).astype(spec.action_space.dtype),
+            lambda: algo.explore(carry.agent, carry.obs, k_act, carry.iteration * loop.num_envs).astype(
+                spec.action_space.dtype),
         )
         env_state, ts = env.step(carry.env_state, action, k_env)
         buffer_state = buffer.add(
@@ -247,4 +249,4 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     def train(key: jax.Array, num_iters: int):
         return run(init(key), num_iters)
 
-    return OffPolicyTrain(init, run, evaluate, train, loop)
+    return OffPolicyTrain(init, run, evaluate, train, loop, loop.num_envs)
