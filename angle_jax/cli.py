@@ -1,0 +1,28 @@
+"""Shared command-line plumbing: one-line errors with exit code 2, name listings."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        fail(message, self.prog)
+
+
+def fail(message: str, prog: str | None = None, code: int = EXIT_BAD_INPUT):
+    prog = prog or sys.argv[0].rsplit("/", 1)[-1]
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def names_epilog() -> str:
+    from angle_jax import registry
+
+    return ("algorithms: " + ", ".join(registry.algo_names()) + "\n"
+            "envs: " + ", ".join(registry.env_names()))

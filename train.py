@@ -1,0 +1,144 @@
+"""Train an agent: python train.py --algo td3 --env Pendulum-v1 [--config FILE] [--set key=value ...]"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    from angle_jax.cli import Parser, names_epilog
+
+    p = Parser(description="Train an angle_jax agent. Settings come from defaults < --config < flags < --set.",
+               epilog=names_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", help="algorithm name (listed below)")
+    p.add_argument("--env", help="env name (listed below)")
+    p.add_argument("--config", help="YAML config file (default: the preset for algo+env, if any)")
+    p.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this algo+env")
+    p.add_argument("--seeds", type=int, help="independent seeds trained together (vmapped)")
+    p.add_argument("--seed", type=int, help="first seed")
+    p.add_argument("--total-steps", type=int, help="env steps per seed")
+    p.add_argument("--run-dir", help="run directory (default runs/<algo>_<env>_<seed>_<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set batch_size=128 --set agent.tau=0.01")
+    return p.parse_args(argv)
+
+
+def resolve_config(args):
+    from angle_jax import config as C
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise C.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+        cli = dict(total_steps=args.total_steps)
+        return C.load_config(run_dir / "config.yaml", args.overrides, **cli), run_dir, None
+    cli = dict(algo=args.algo, env=args.env, seeds=args.seeds, seed=args.seed, total_steps=args.total_steps)
+    config_file, preset = args.config, None
+    if config_file is None and not args.no_preset:
+        base = C.RunConfig()
+        preset = C.preset_path(args.algo or base.algo, args.env or base.env)
+        config_file = preset
+    config = C.load_config(config_file, args.overrides, **cli)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
+        f"{config.algo}_{config.env}_{config.seed}_{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    return config, run_dir, preset
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from angle_jax import config as C
+    from angle_jax.cli import EXIT_DIVERGED, fail
+    from angle_jax.registry import UnknownNameError
+
+    try:
+        config, run_dir, preset = resolve_config(args)
+    except (C.ConfigError, UnknownNameError) as e:
+        fail(str(e))
+    if not args.resume and run_dir.exists() and (run_dir / "config.yaml").exists():
+        fail(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+
+    from angle_jax.training.trainer import DivergenceError, Trainer
+
+    try:
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), warn=lambda m: print(m, file=sys.stderr))
+    except (C.ConfigError, UnknownNameError, ValueError) as e:
+        fail(str(e))
+
+    from angle_jax import loggers
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    C.save_config(config, run_dir / "config.yaml")
+    (run_dir / "spec.json").write_text(json.dumps(_spec_dict(trainer.env.spec), indent=1))
+    if preset is not None:
+        print(f"config: preset {preset}")
+    print(f"run: {run_dir}  algo={config.algo} env={config.env} seeds={config.seeds} "
+          f"total_steps={config.total_steps:,}", flush=True)
+
+    log = []
+    if config.tensorboard:
+        log.append(loggers.TensorBoardLogger(run_dir / "events", config.seeds))
+    log.append(loggers.JsonlLogger(run_dir / "metrics.jsonl"))
+    if config.progress:
+        log.append(loggers.ProgressLogger(config.total_steps * 1))
+    if config.wandb:
+        log.append(loggers.WandbLogger(run_dir, C.to_dict(config), run_dir.name))
+
+    start = time.perf_counter()
+    try:
+        for log_data in trainer():
+            for lg in log:
+                lg.log(log_data)
+    except DivergenceError as e:
+        print(f"train.py: {e}; stopping (last good checkpoint kept in {run_dir / 'checkpoints'})",
+              file=sys.stderr, flush=True)
+        for lg in log:
+            lg.close()
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        path = trainer.save_checkpoint()
+        print(f"\ninterrupted at step {trainer.step:,}; checkpoint {path}; resume with "
+              f"python train.py --resume {run_dir}", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - start
+    trainer.save_checkpoint()
+    returns = trainer.evaluate()
+    from angle_jax import checkpoint as ckpt
+
+    ckpt.save(run_dir / "params.ckpt", trainer.carry.agent, {"step": trainer.step, "algo": config.algo})
+    train_s = max(wall - trainer.compile_s, 1e-9)
+    summary = {
+        "algo": config.algo, "env": config.env, "seeds": config.seeds, "seed": config.seed,
+        "total_steps": trainer.step,
+        "final_eval_return_mean": float(returns.mean()),
+        "final_eval_return_per_seed": returns.mean(axis=1).tolist(),
+        "eval_episodes": config.eval_episodes,
+        "compile_s": round(trainer.compile_s, 3), "train_s": round(train_s, 3), "wall_s": round(wall, 3),
+        "steps_per_s": round(trainer.step / train_s, 1),
+        "agent_steps_per_s": round(trainer.step * config.seeds / train_s, 1),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    for lg in log:
+        lg.close()
+    per_seed = ", ".join(f"{r:.1f}" for r in summary["final_eval_return_per_seed"])
+    print(f"final eval ({config.eval_episodes} episodes/seed, deterministic): "
+          f"mean {summary['final_eval_return_mean']:.2f}  per seed [{per_seed}]")
+    print(f"compile {summary['compile_s']:.1f}s  train {summary['train_s']:.1f}s  "
+          f"{summary['steps_per_s']:,.0f} steps/s  -> {run_dir}/summary.json")
+    return 0
+
+
+def _spec_dict(spec) -> dict:
+    space = spec.action_space
+    d = dataclasses.asdict(spec)
+    d["action_space"] = {"type": type(space).__name__, **dataclasses.asdict(space)}
+    return d
+
+
+if __name__ == "__main__":
+    sys.exit(main())
