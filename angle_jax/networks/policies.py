@@ -1,0 +1,150 @@
+"""Actor-critic networks and the distrax policy distributions built from their outputs.
+
+Networks return plain arrays (logits, or mean and log-std, plus values) so they
+pass through `jit`, `vmap` and `lax.scan`; `policy_distribution` turns those
+arrays into a distrax distribution where log-probs and entropies are needed.
+
+Continuous actions: the policy is an unbounded diagonal Gaussian with a
+state-independent log-std. The sampled action is stored and scored as sampled;
+only the copy sent to the env is clipped to the [-1, 1] bounds. Compared with a
+tanh-squashed Gaussian this keeps log-probs exact (no atanh of actions near the
+bounds when old samples are re-scored) and the entropy analytic, which the PPO
+entropy bonus and approx-KL use.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from angle_jax.networks.mlp import activation as get_activation
+
+
+def orthogonal(scale: float):
+    return nn.initializers.orthogonal(scale)
+
+
+def to_float(obs: jax.Array) -> jax.Array:
+    """Cast observations (e.g. uint8 MinAtar planes, values 0/1) to float32 without rescaling."""
+    return obs.astype(jnp.float32)
+
+
+class MLPTorso(nn.Module):
+    """Dense layers (orthogonal init, gain sqrt 2) over flattened observations."""
+
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    obs_ndim: int = 1
+
+    @nn.compact
+    def __call__(self, obs):
+        act = get_activation(self.activation)
+        batch_shape = obs.shape[: obs.ndim - self.obs_ndim]
+        x = to_float(obs).reshape(*batch_shape, -1)
+        for width in self.hidden:
+            x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)), bias_init=nn.initializers.zeros)(x))
+        return x
+
+
+class MinAtarTorso(nn.Module):
+    """Small CNN for `[10, 10, C]` grids: one 3x3 conv (16 channels), then dense layers."""
+
+    hidden: Sequence[int] = (128,)
+    activation: str = "relu"
+    channels: int = 16
+
+    @nn.compact
+    def __call__(self, obs):
+        act = get_activation(self.activation)
+        batch_shape = obs.shape[:-3]
+        x = to_float(obs).reshape(-1, *obs.shape[-3:])
+        x = act(nn.Conv(self.channels, (3, 3), padding="VALID", kernel_init=orthogonal(np.sqrt(2)))(x))
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)))(x))
+        return x.reshape(*batch_shape, -1)
+
+
+def make_torso(kind: str, hidden: Sequence[int], activation: str, obs_ndim: int, name: str | None = None):
+    """`kind` is "mlp", "cnn" or "auto" (cnn for image-shaped observations, else mlp)."""
+    if kind == "auto":
+        kind = "cnn" if obs_ndim == 3 else "mlp"
+    if kind == "cnn":
+        if obs_ndim != 3:
+            raise ValueError(f"the cnn torso needs [H, W, C] observations, got {obs_ndim} observation axes")
+        return MinAtarTorso(tuple(hidden), activation, name=name)
+    if kind == "mlp":
+        return MLPTorso(tuple(hidden), activation, obs_ndim, name=name)
+    raise ValueError(f"unknown torso {kind!r}; choose 'mlp', 'cnn' or 'auto'")
+
+
+class ActorCritic(nn.Module):
+    """obs -> (policy outputs, values).
+
+    Policy outputs are logits `[..., A]` (discrete) or `(mean, log_std)` each
+    `[..., A]` (continuous, log-std a free parameter shared by all states).
+    Values are `[...]`. `shared_torso` puts both heads on one torso.
+    """
+
+    action_dim: int
+    discrete: bool
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    obs_ndim: int = 1
+    torso: str = "auto"
+    shared_torso: bool = False
+    log_std_init: float = 0.0
+
+    def setup(self):
+        self.actor_torso = make_torso(self.torso, self.hidden, self.activation, self.obs_ndim)
+        if not self.shared_torso:
+            self.critic_torso = make_torso(self.torso, self.hidden, self.activation, self.obs_ndim)
+        self.policy_head = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01))
+        self.value_head = nn.Dense(1, kernel_init=orthogonal(1.0))
+        if not self.discrete:
+            self.log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
+
+    def policy_outputs(self, features):
+        out = self.policy_head(features)
+        if self.discrete:
+            return out
+        return out, jnp.broadcast_to(self.log_std, out.shape)
+
+    def __call__(self, obs):
+        features = self.actor_torso(obs)
+        critic_features = features if self.shared_torso else self.critic_torso(obs)
+        return self.policy_outputs(features), self.value_head(critic_features)[..., 0]
+
+    def actor_outputs(self, obs):
+        """Policy outputs only (no critic pass): what acting needs."""
+        return self.policy_outputs(self.actor_torso(obs))
+
+    def value(self, obs):
+        features = self.actor_torso(obs) if self.shared_torso else self.critic_torso(obs)
+        return self.value_head(features)[..., 0]
+
+
+class Critic(nn.Module):
+    """obs -> value `[...]` on a torso of its own."""
+
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    obs_ndim: int = 1
+    torso: str = "auto"
+
+    @nn.compact
+    def __call__(self, obs):
+        x = make_torso(self.torso, self.hidden, self.activation, self.obs_ndim)(obs)
+        return nn.Dense(1, kernel_init=orthogonal(1.0))(x)[..., 0]
+
+
+def policy_distribution(outputs, discrete: bool) -> distrax.Distribution:
+    """Categorical over logits, or a diagonal Gaussian from `(mean, log_std)`."""
+    if discrete:
+        return distrax.Categorical(logits=outputs)
+    mean, log_std = outputs
+    return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))

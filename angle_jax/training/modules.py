@@ -1,0 +1,145 @@
+"""The rollout an on-policy iteration collects, and the protocol of modules that ride along.
+
+A module (e.g. RND curiosity) is a learner with its own state that the
+on-policy loop runs beside the algorithm, chosen by configuration
+(`RunConfig.modules`, settings in `RunConfig.module_kwargs[name]`). Per
+iteration the loop calls
+
+    state, out = module.process(state, rollout)        # what it reads: `module.needs`
+    state, metrics = module.update(state, rollout, out, key)   # the losses it adds
+
+`out.reward` (if not None) is added to the rewards the algorithm learns from;
+`out.advantage` (if not None) is added to the algorithm's advantages through
+`Rollout.advantage_bonus`. The algorithm sees only a `Rollout`; the module sees
+only the `Rollout` and its own state. Neither imports the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Rollout:
+    """`T` vectorised env steps, leaves `[T, num_envs, ...]`.
+
+    `action` is the action as sampled by the policy (before any clipping to the
+    env bounds); `next_obs` is the true successor (pre-reset), so truncated
+    steps can bootstrap from it. `advantage_bonus` is added to the
+    algorithm's own advantages (zero unless a module contributes).
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+    advantage_bonus: jax.Array
+
+
+@struct.dataclass
+class ModuleOutput:
+    """What a module contributes for one rollout; `data` (leaves `[T, N, ...]`) is its own."""
+
+    reward: jax.Array | None = None
+    advantage: jax.Array | None = None
+    data: Any = None
+    metrics: dict = struct.field(default_factory=dict)
+
+
+class Module(NamedTuple):
+    """A learner run beside an on-policy algorithm.
+
+    init(key, spec) -> state
+    process(state, rollout) -> (state, ModuleOutput)   reward / advantage it contributes
+    update(state, rollout, output, key) -> (state, metrics)   trains on its own losses
+    needs: the Rollout fields `process` and `update` read.
+    """
+
+    name: str
+    init: Callable[..., Any]
+    process: Callable[..., tuple[Any, ModuleOutput]]
+    update: Callable[..., tuple[Any, dict]]
+    needs: tuple[str, ...] = ()
+    config: Any = None
+
+
+# name -> python module exposing `Config` and `make_module(config, spec) -> Module`
+MODULES: dict[str, str] = {
+    "rnd": "angle_jax.algos.rnd",
+}
+
+
+def module_names() -> list[str]:
+    return sorted(MODULES)
+
+
+def make_module(name: str, spec, kwargs: dict | None = None) -> Module:
+    """Build module `name` from a dict of its settings; unknown names or keys raise ValueError."""
+    if name not in MODULES:
+        raise ValueError(f"unknown module {name!r} (valid: {', '.join(module_names())})")
+    source = importlib.import_module(MODULES[name])
+    kwargs = dict(kwargs or {})
+    valid = [f.name for f in dataclasses.fields(source.Config)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for module {name!r} (valid: {', '.join(valid)})")
+    config = source.Config(**kwargs)
+    config.validate()
+    return source.make_module(config, spec)
+
+
+def make_modules(names, module_kwargs: dict | None, spec) -> tuple[Module, ...]:
+    module_kwargs = dict(module_kwargs or {})
+    names = tuple(names)
+    stray = sorted(set(module_kwargs) - set(names))
+    if stray:
+        raise ValueError(f"module_kwargs given for module(s) {stray} that are not in modules {list(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"modules listed twice: {list(names)}")
+    return tuple(make_module(n, spec, module_kwargs.get(n)) for n in names)
+
+
+def apply_outputs(rollout: Rollout, outputs) -> Rollout:
+    """Add the modules' reward and advantage contributions to the rollout the algorithm sees."""
+    reward, bonus = rollout.reward, rollout.advantage_bonus
+    for out in outputs:
+        if out.reward is not None:
+            reward = reward + out.reward
+        if out.advantage is not None:
+            bonus = bonus + out.advantage
+    return rollout.replace(reward=reward, advantage_bonus=bonus)
+
+
+def flatten_steps(tree: Any) -> Any:
+    """Merge the leading `[T, N]` axes of every leaf into one."""
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+
+def minibatch_updates(step_fn: Callable, state: Any, data: Any, key: jax.Array,
+                      epochs: int, minibatches: int) -> tuple[Any, dict]:
+    """`epochs` passes over `data` (leaves `[B, ...]`) in `minibatches` shuffled slices.
+
+    One `jax.random.permutation` per epoch; `step_fn(state, minibatch, key) ->
+    (state, metrics)`. Returns metrics averaged over all updates.
+    """
+    size = jax.tree.leaves(data)[0].shape[0]
+    if size % minibatches:
+        raise ValueError(f"batch of {size} samples does not split into {minibatches} minibatches")
+    mb = size // minibatches
+
+    def epoch(state, k):
+        k_perm, k_steps = jax.random.split(k)
+        perm = jax.random.permutation(k_perm, size)
+        shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape(minibatches, mb, *x.shape[1:]), data)
+        return jax.lax.scan(lambda s, xs: step_fn(s, xs[0], xs[1]), state,
+                            (shuffled, jax.random.split(k_steps, minibatches)))
+
+    state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
+    return state, jax.tree.map(jnp.mean, metrics)

@@ -1,0 +1,164 @@
+"""The compiled on-policy loop (PPO, A2C, and modules such as RND beside them).
+
+`make_train(algo, env, loop, eval_env, modules)` returns the same interface as
+`off_policy.make_train`: `init(key) -> carry`, `run(carry, num_iters) ->
+(carry, logs)`, `evaluate(agent, key)`, `train(key, num_iters)`, `loop`,
+`steps_per_iteration`. One iteration collects `T` vectorised env steps with
+`algo.explore` inside `lax.scan`, lets each module score the rollout and learn,
+then calls `algo.update(agent, rollout, key)` (the algorithm's own
+`epochs x minibatches` steps). Everything is written for one seed; the carry's
+`iteration` counter is shared when vmapping over seeds (training/axes.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from angle_jax.algos.base import Algorithm
+from angle_jax.envs.base import Box, Env
+from angle_jax.training.modules import Module, Rollout, apply_outputs, make_modules
+from angle_jax.training.off_policy import EpisodeAccumulator, make_evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyLoop:
+    """Static loop sizes: one iteration is `rollout_length` vectorised env steps."""
+
+    num_envs: int
+    rollout_length: int
+    num_iterations: int  # iterations in the whole budget
+
+
+@struct.dataclass
+class OnPolicyCarry:
+    agent: Any
+    modules: tuple
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    iteration: jax.Array  # learning iterations done; shared by all seeds
+
+    shared_fields = ("iteration",)
+
+
+class OnPolicyTrain(NamedTuple):
+    init: Callable[[jax.Array], OnPolicyCarry]
+    run: Callable[[OnPolicyCarry, int], tuple[OnPolicyCarry, dict]]
+    evaluate: Callable[[Any, jax.Array], jax.Array] | None
+    train: Callable[[jax.Array, int], tuple[OnPolicyCarry, dict]]
+    loop: OnPolicyLoop
+    steps_per_iteration: int  # env steps (summed over envs) per loop iteration
+
+
+def env_action_fn(env: Env) -> Callable[[jax.Array], jax.Array]:
+    """Map a sampled action to what the env receives: Box actions clipped to the bounds."""
+    space = env.spec.action_space
+    if isinstance(space, Box):
+        low, high = jnp.asarray(space.low_array()), jnp.asarray(space.high_array())
+        return lambda a: jnp.clip(a, low, high)
+    return lambda a: a.astype(space.dtype)
+
+
+def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Array, key: jax.Array,
+            length: int, episodes: EpisodeAccumulator, step0: jax.Array):
+    """`length` vectorised env steps with `algo.explore`; returns the rollout and the env carry."""
+    to_env = env_action_fn(env)
+    n = env.spec.num_envs
+
+    def body(c, k):
+        env_state, obs, episodes, t = c
+        k_act, k_env = jax.random.split(k)
+        action = algo.explore(agent, obs, k_act, step0 + t * n)
+        env_state, ts = env.step(env_state, to_env(action), k_env)
+        out = (obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs)
+        return (env_state, ts.obs, episodes.add(ts.info), t + 1), out
+
+    (env_state, obs, episodes, _), (o, a, r, term, trunc, nxt) = jax.lax.scan(
+        body, (env_state, obs, episodes, jnp.zeros((), jnp.int32)), jax.random.split(key, length))
+    rollout = Rollout(o, a, r.astype(jnp.float32), term, trunc, nxt, jnp.zeros_like(r, jnp.float32))
+    return rollout, env_state, obs, episodes
+
+
+def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | None = None,
+               modules: tuple[Module, ...] = ()) -> OnPolicyTrain:
+    """Build the pure functions of one on-policy run (one seed)."""
+    spec = env.spec
+    if spec.num_envs != loop.num_envs:
+        raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
+    steps_per_iteration = loop.rollout_length * loop.num_envs
+    modules = tuple(modules)
+
+    def init(key: jax.Array) -> OnPolicyCarry:
+        k_agent, k_env, k_mod, k_carry = jax.random.split(key, 4)
+        agent = algo.init(k_agent, spec)
+        obs, env_state = env.reset(k_env)
+        mod_keys = jax.random.split(k_mod, max(1, len(modules)))
+        mod_states = tuple(m.init(k, spec) for m, k in zip(modules, mod_keys))
+        return OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32))
+
+    def iteration(carry: OnPolicyCarry, episodes: EpisodeAccumulator):
+        key, k_roll, k_mod, k_update = jax.random.split(carry.key, 4)
+        rollout, env_state, obs, episodes = collect(
+            algo, env, carry.agent, carry.env_state, carry.obs, k_roll, loop.rollout_length, episodes,
+            carry.iteration * steps_per_iteration)
+        metrics = {}
+        mod_states, outputs = [], []
+        for module, state, k in zip(modules, carry.modules, jax.random.split(k_mod, max(1, len(modules)))):
+            state, out = module.process(state, rollout)
+            state, m_metrics = module.update(state, rollout, out, k)
+            mod_states.append(state)
+            outputs.append(out)
+            metrics.update({f"{module.name}/{name}": v for name, v in {**out.metrics, **m_metrics}.items()})
+        rollout = apply_outputs(rollout, outputs)
+        agent, algo_metrics = algo.update(carry.agent, rollout, k_update)
+        metrics.update(algo_metrics)
+        carry = OnPolicyCarry(agent, tuple(mod_states), env_state, obs, key, carry.iteration + 1)
+        return carry, episodes, metrics
+
+    def run(carry: OnPolicyCarry, num_iters: int) -> tuple[OnPolicyCarry, dict]:
+        """Advance `num_iters` learning iterations; return the chunk's summary."""
+        def body(c, _):
+            carry, episodes = c
+            carry, episodes, metrics = iteration(carry, episodes)
+            return (carry, episodes), metrics
+
+        (carry, episodes), metrics = jax.lax.scan(body, (carry, EpisodeAccumulator.zeros()), None,
+                                                  length=num_iters)
+        logs = dict(episodes.summary())
+        logs.update({k: jnp.mean(v) for k, v in metrics.items()})
+        return carry, logs
+
+    evaluate = make_evaluate(algo, eval_env) if eval_env is not None else None
+
+    def train(key: jax.Array, num_iters: int = loop.num_iterations):
+        return run(init(key), num_iters)
+
+    return OnPolicyTrain(init, run, evaluate, train, loop, steps_per_iteration)
+
+
+def build(run_config, env: Env, eval_env: Env | None = None) -> OnPolicyTrain:
+    """The on-policy run described by a `RunConfig` (algo, agent settings, modules, budget)."""
+    from angle_jax import registry
+
+    source = registry.load_algo(run_config.algo)
+    if getattr(source, "LOOP", "off_policy") != "on_policy":
+        raise ValueError(f"algo {run_config.algo!r} does not run in the on-policy loop")
+    agent_config = run_config.agent if run_config.agent is not None else source.Config()
+    if not isinstance(agent_config, source.Config):
+        raise ValueError(f"agent settings are a {type(agent_config).__name__}, "
+                         f"expected {run_config.algo}'s Config")
+    if env.spec.num_envs != run_config.num_envs:
+        raise ValueError(f"env has {env.spec.num_envs} envs, run config asks for {run_config.num_envs}")
+    agent_config.validate(run_config.num_envs)
+    steps = agent_config.rollout_length * run_config.num_envs
+    if run_config.total_steps < steps:
+        raise ValueError(f"total_steps ({run_config.total_steps}) is smaller than one iteration "
+                         f"(rollout_length * num_envs = {steps})")
+    modules = make_modules(run_config.modules, run_config.module_kwargs, env.spec)
+    algo = source.make(agent_config, env.spec, total_steps=run_config.total_steps)
+    loop = OnPolicyLoop(run_config.num_envs, agent_config.rollout_length, run_config.total_steps // steps)
+    return make_train(algo, env, loop, eval_env, modules)
