@@ -16,6 +16,10 @@ from angle_jax.envs.base import Box, Env
 
 ALGOS: dict[str, str] = {
     "td3": "angle_jax.algos.td3",
+    "dqn": "angle_jax.algos.dqn",
+    "rainbow": "angle_jax.algos.rainbow",
+    "ppo": "angle_jax.algos.ppo",
+    "a2c": "angle_jax.algos.a2c",
 }
 
 _ENV_FACTORIES: dict[str, Callable[..., Env]] = {}
