@@ -31,7 +31,7 @@ def _space_from_gymnax(space) -> Discrete | Box:
 class GymnaxEnv(Env):
     """A gymnax env batched over `num_envs` with automatic reset.
 
-    Boolean observations (MinAtar) are stored as uint8 so replay stays small.
+    Binary grid observations (MinAtar) become uint8 so replay stays small.
     """
 
     def __init__(self, name: str, num_envs: int, **param_overrides):
@@ -42,7 +42,8 @@ class GymnaxEnv(Env):
             params = params.replace(**param_overrides)
         self.params = params
         obs, _ = self.gymnax_env.reset_env(jax.random.PRNGKey(0), params)
-        obs_dtype = jnp.uint8 if obs.dtype == jnp.bool_ else jnp.float32
+        binary = obs.dtype == jnp.bool_ or name.endswith("-MinAtar")  # MinAtar grids are 0/1
+        obs_dtype = jnp.uint8 if binary else jnp.float32
         self._obs_dtype = obs_dtype
         self.spec = EnvSpec(
             name=name,

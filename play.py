@@ -1,0 +1,180 @@
+"""Watch or evaluate a trained agent: python play.py --checkpoint runs/<run> [--env NAME] [--episodes N] [--video out.gif]"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    from angle_jax.cli import Parser
+
+    p = Parser(description="Run deterministic episodes with a trained agent; optionally write a video.")
+    p.add_argument("--checkpoint", required=True, help="a run directory, or a .ckpt file inside one")
+    p.add_argument("--env", help="env name (default: the env the agent was trained on)")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--video", help="write frames of the first episode to this .gif or .mp4")
+    p.add_argument("--seed", type=int, default=0, help="seed for the episodes' initial states")
+    p.add_argument("--agent-seed", type=int, default=0, help="which of the run's trained seeds to use")
+    p.add_argument("--max-steps", type=int, help="cap on steps per episode (default: the env's limit)")
+    return p.parse_args(argv)
+
+
+def find_run(path: Path) -> tuple[Path, Path | None]:
+    """(run_dir, checkpoint file or None for the run's final params)."""
+    if path.is_dir():
+        return path, None
+    if path.is_file():
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run, path
+    raise FileNotFoundError(f"no run directory or checkpoint at {path}")
+
+
+def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
+    """The batched agent state of a run: from params.ckpt, or the agent inside a full checkpoint."""
+    import jax
+    import jax.numpy as jnp
+    from flax import serialization
+
+    from angle_jax import checkpoint as ckpt
+
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(config.seeds)])
+    template = jax.vmap(algo.init, out_axes=agent_axes(algo, keys[0]))(keys)
+    if ckpt_file is None:
+        final = run_dir / "params.ckpt"
+        if final.is_file():
+            return ckpt.restore(final, template)[0]
+        steps = ckpt.CheckpointManager(run_dir / "checkpoints").all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir} has no params.ckpt and no checkpoints")
+        ckpt_file = ckpt.CheckpointManager(run_dir / "checkpoints").path_for(steps[-1])
+    header, payload = ckpt.read_meta(ckpt_file)
+    raw = serialization.msgpack_restore(payload)
+    state = raw["agent"] if isinstance(raw, dict) and "agent" in raw else raw
+    return serialization.from_state_dict(template, state)
+
+
+def agent_axes(algo, key):
+    import jax
+
+    from angle_jax.training.axes import seed_axes
+
+    return seed_axes(jax.eval_shape(algo.init, key))
+
+
+def pick_seed(agents, axes, index: int):
+    import jax
+
+    return jax.tree.map(lambda a, x: x if a is None else x[index], axes, agents, is_leaf=lambda x: x is None)
+
+
+def spec_mismatch(trained: dict, spec) -> str | None:
+    from train import _spec_dict
+
+    now = _spec_dict(spec)
+    for key in ("obs_shape", "obs_dtype", "action_space"):
+        a, b = trained.get(key), now.get(key)
+        if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
+            return f"{key} differs: trained on {a}, env has {b}"
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from angle_jax import config as C
+    from angle_jax import registry
+    from angle_jax.checkpoint import CheckpointError
+    from angle_jax.cli import fail
+
+    if args.episodes <= 0:
+        fail(f"--episodes must be positive, got {args.episodes}")
+    if args.video and not args.video.lower().endswith((".gif", ".mp4")):
+        fail(f"--video must end in .gif or .mp4, got {args.video}")
+    try:
+        run_dir, ckpt_file = find_run(Path(args.checkpoint))
+        config = C.load_config(run_dir / "config.yaml")
+    except (FileNotFoundError, C.ConfigError) as e:
+        fail(str(e))
+    if not 0 <= args.agent_seed < config.seeds:
+        fail(f"--agent-seed must be in [0, {config.seeds}), got {args.agent_seed}")
+    env_name = args.env or config.env
+    try:
+        env = registry.make_env(env_name, args.episodes, **(config.env_kwargs if env_name == config.env else {}))
+    except (registry.UnknownNameError, ValueError) as e:
+        fail(str(e))
+    spec_file = run_dir / "spec.json"
+    if spec_file.is_file():
+        problem = spec_mismatch(json.loads(spec_file.read_text()), env.spec)
+        if problem:
+            fail(f"checkpoint does not fit {env_name}: {problem}")
+
+    import imageio.v2 as imageio
+    import jax
+    import numpy as np
+
+    module = registry.load_algo(config.algo)
+    algo = module.make(config.agent, env.spec)
+    try:
+        agents = load_agent(run_dir, ckpt_file, algo, config)
+    except (FileNotFoundError, CheckpointError) as e:
+        fail(str(e))
+    agent = pick_seed(agents, agent_axes(algo, jax.random.PRNGKey(0)), args.agent_seed)
+
+    act = jax.jit(algo.act)
+    step = jax.jit(env.step)
+    key = jax.random.PRNGKey(args.seed)
+    key, k_reset = jax.random.split(key)
+    obs, state = jax.jit(env.reset)(k_reset)
+    n = args.episodes
+    horizon = args.max_steps or env.spec.max_episode_steps
+    returns = np.zeros(n)
+    lengths = np.zeros(n, int)
+    alive = np.ones(n, bool)
+    frames = []
+    want_video = args.video is not None
+    if want_video:
+        try:
+            frames.append(env.render(state, 0))
+        except NotImplementedError as e:
+            fail(str(e))
+    for _ in range(horizon):
+        key, k = jax.random.split(key)
+        state, ts = step(state, act(agent, obs), k)
+        reward = np.asarray(ts.info.get("raw_reward", ts.reward))
+        done = np.asarray(ts.info.get("episode_end", ts.done))
+        returns += np.where(alive, reward, 0.0)
+        lengths += alive
+        if want_video and alive[0] and not done[0]:
+            frames.append(env.render(state, 0))
+        alive &= ~done
+        obs = ts.obs
+        if not alive.any():
+            break
+    for i, (r, l) in enumerate(zip(returns, lengths)):
+        print(f"episode {i}: return {r:.2f}  length {l}")
+    print(f"mean return over {n} episodes: {returns.mean():.2f}")
+    report = getattr(env.spec, "name", "")
+    try:
+        from angle_jax.envs import datafeed  # noqa: F401
+
+        if hasattr(datafeed, "play_report") and env_name.startswith("DataFeed"):
+            print(datafeed.play_report(env_name, returns, **config.env_kwargs))
+    except ImportError:
+        pass
+    if want_video:
+        path = Path(args.video)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path.suffix.lower() == ".gif":
+                imageio.mimsave(path, frames, duration=1 / 30, loop=0)
+            else:
+                imageio.mimsave(path, frames, fps=30)
+        except Exception as e:  # imageio raises backend-specific errors (e.g. no ffmpeg for mp4)
+            fail(f"could not write {path}: {e}")
+        print(f"video: {path} ({len(frames)} frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
