@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from angle_jax import registry
-from angle_jax.envs.datafeed import (DataFeedConfig, DataFeedEnv, buy_and_hold_return, config_from_kwargs)
+from angle_jax.envs.datafeed import (DataFeedConfig, DataFeedEnv, buy_and_hold_return, config_from_kwargs,
+                                     play_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,6 +241,9 @@ def test_buy_and_hold_matches_hand_sum_and_an_always_long_agent(tmp_path):
         state, ts = env.step(state, jnp.array([2, 2]), jax.random.PRNGKey(k))
     assert bool(ts.info["episode_done"][0])
     assert float(ts.info["episode_return"][0]) == pytest.approx(hand, abs=1e-5)
+    line = play_report("DataFeed-v0", [0.25, 0.75], split="test", returns="simple", **kwargs)
+    assert "0.5000" in line and f"{hand:.4f}" in line and "same test period" in line
+    assert "not the same windows" in play_report("DataFeed-v0", [0.0], **kwargs)
 
 
 # ---- bad data and settings ----------------------------------------------------------

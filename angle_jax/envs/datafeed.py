@@ -445,6 +445,18 @@ def buy_and_hold_return(env: Env | None = None, **env_kwargs: Any) -> float:
     return DataFeedEnv(1, cfg).buy_and_hold_return()
 
 
+def play_report(env_name: str, episode_returns: Sequence[float], /, **env_kwargs: Any) -> str:
+    """One line for play.py: the agent's mean episode return next to buy-and-hold on the test period."""
+    cfg = config_from_kwargs(**env_kwargs)
+    bh = buy_and_hold_return(**env_kwargs)
+    mean = float(np.mean(np.asarray(episode_returns, np.float64)))
+    line = f"{env_name}: agent mean return {mean:.4f} ({cfg.returns} returns, costs included)"
+    if cfg.split == "test" and cfg.test_episode_length is None:
+        return line + f" vs buy-and-hold {bh:.4f} over the same test period"
+    return (line + f" on {cfg.split!r} windows; buy-and-hold over the whole test period {bh:.4f} "
+            "(not the same windows: evaluate with env_kwargs split: test to compare)")
+
+
 def _factory(name: str, actions: str | None):
     def factory(num_envs: int, **env_kwargs: Any) -> DataFeedEnv:
         if actions is not None:
@@ -468,4 +480,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["DATAFEED_ENV_NAMES", "DataFeedConfig", "DataFeedEnv", "DataFeedState", "SAMPLE_DATA",
-           "buy_and_hold_return", "config_from_kwargs", "load_series"]
+           "buy_and_hold_return", "config_from_kwargs", "load_series", "play_report"]
