@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos.base import (Algorithm, Transition, apply_gradients, direction_optimizer,
-                                  hparams_from_config, maybe_pmean, polyak_update)
+                                  hparams_from_config, maybe_pmean)
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.heads import TORSOS, QNetwork, resolve_torso
 from angle_jax.networks.mlp import ACTIVATIONS
@@ -276,6 +276,11 @@ def categorical_loss(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
     return -jnp.sum(target_probs * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
+def target_update(online: dict, target: dict, tau: jax.Array) -> dict:
+    """τ online + (1 - τ) target, leaf by leaf; τ = 1 gives an exact copy (a hard update)."""
+    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
+
+
 def select_action_values(values: jax.Array, action: jax.Array) -> jax.Array:
     """values[b, action[b]] for values `[batch, actions, ...]`."""
     chex.assert_rank(action, 1)
@@ -384,7 +389,7 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
         step = state.step + 1
         target_params = jax.lax.cond(
             step % config.target_update_interval == 0,
-            lambda: polyak_update(params, state.target_params, hp.tau),
+            lambda: target_update(params, state.target_params, hp.tau),
             lambda: state.target_params,
         )
         new_state = DQNState(params, target_params, opt_state, hp, step)
