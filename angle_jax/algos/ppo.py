@@ -1,8 +1,9 @@
 """PPO (Schulman et al. 2017) with clipped surrogate, GAE and optional value clipping.
 
-The named pieces (`gae`, `normalize_advantages`, `ppo_policy_loss`,
-`value_loss`, `entropy_bonus`, `approx_kl`, `clip_fraction`) are small array
-functions research code can call alone. `make` composes them into an
+The named pieces (`gae`, re-exported from training/modules.py where loop
+modules share it, `normalize_advantages`, `ppo_policy_loss`, `value_loss`,
+`entropy_bonus`, `approx_kl`, `clip_fraction`) are small array functions
+research code can call alone. `make` composes them into an
 `Algorithm` whose `update(state, rollout, key)` is one whole PPO learning step:
 score the rollout, compute advantages, then `epochs x minibatches` gradient
 steps. The rollout comes from `angle_jax.training.on_policy`.
@@ -20,38 +21,13 @@ from angle_jax.algos.base import (Algorithm, apply_gradients, direction_optimize
                                   maybe_pmean)
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import ActorCritic, policy_distribution
-from angle_jax.training.modules import Rollout, flatten_steps, minibatch_updates
+from angle_jax.training.modules import Rollout, flatten_steps, gae, minibatch_updates  # noqa: F401 (gae re-exported)
 
 ACTION_KIND = "both"
 LOOP = "on_policy"
 
 
 # ---- named pieces -------------------------------------------------------------
-
-def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
-        truncated: jax.Array, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Generalised advantage estimation over a time-major trajectory `[T, ...]`.
-
-    `values[t] = V(obs_t)`, `next_values[t] = V(next_obs_t)` of the true
-    successor (pre-reset). Termination stops the bootstrap (δ uses 0 for the
-    next value); truncation bootstraps from the true final observation's value.
-    Either ends the recursion so advantages never leak across episodes.
-    Returns `(advantages, returns = advantages + values)`.
-    """
-    chex.assert_equal_shape([rewards, values, next_values, terminated, truncated])
-    chex.assert_rank(rewards, {1, 2})
-    not_term = 1.0 - terminated.astype(jnp.float32)
-    cont = not_term * (1.0 - truncated.astype(jnp.float32))
-    deltas = rewards + gamma * not_term * next_values - values
-
-    def back(next_adv, xs):
-        delta, c = xs
-        adv = delta + gamma * gae_lambda * c * next_adv
-        return adv, adv
-
-    _, advantages = jax.lax.scan(back, jnp.zeros_like(rewards[0]), (deltas, cont), reverse=True)
-    return advantages, advantages + values
-
 
 def normalize_advantages(advantages: jax.Array, eps: float = 1e-8) -> jax.Array:
     """Zero mean, unit standard deviation over the (mini)batch."""

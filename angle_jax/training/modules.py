@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -143,3 +144,30 @@ def minibatch_updates(step_fn: Callable, state: Any, data: Any, key: jax.Array,
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
     return state, jax.tree.map(jnp.mean, metrics)
+
+
+# ---- estimators shared by algorithms and modules -----------------------------------
+
+def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
+        truncated: jax.Array, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a time-major trajectory `[T, ...]`.
+
+    `values[t] = V(obs_t)`, `next_values[t] = V(next_obs_t)` of the true
+    successor (pre-reset). Termination stops the bootstrap (δ uses 0 for the
+    next value); truncation bootstraps from the true final observation's value.
+    Either ends the recursion so advantages never leak across episodes.
+    Returns `(advantages, returns = advantages + values)`.
+    """
+    chex.assert_equal_shape([rewards, values, next_values, terminated, truncated])
+    chex.assert_rank(rewards, {1, 2})
+    not_term = 1.0 - terminated.astype(jnp.float32)
+    cont = not_term * (1.0 - truncated.astype(jnp.float32))
+    deltas = rewards + gamma * not_term * next_values - values
+
+    def back(next_adv, xs):
+        delta, c = xs
+        adv = delta + gamma * gae_lambda * c * next_adv
+        return adv, adv
+
+    _, advantages = jax.lax.scan(back, jnp.zeros_like(rewards[0]), (deltas, cont), reverse=True)
+    return advantages, advantages + values

@@ -63,6 +63,12 @@ def env_action_fn(env: Env) -> Callable[[jax.Array], jax.Array]:
     return lambda a: a.astype(space.dtype)
 
 
+def strong_types(tree: Any) -> Any:
+    """Drop weak types (e.g. from python floats in an env's reset state) so `run`'s
+    output carry has exactly its input's types and chunks never recompile."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), tree)
+
+
 def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Array, key: jax.Array,
             length: int, episodes: EpisodeAccumulator, step0: jax.Array):
     """`length` vectorised env steps with `algo.explore`; returns the rollout and the env carry."""
@@ -98,7 +104,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         obs, env_state = env.reset(k_env)
         mod_keys = jax.random.split(k_mod, max(1, len(modules)))
         mod_states = tuple(m.init(k, spec) for m, k in zip(modules, mod_keys))
-        return OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32))
+        carry = OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32))
+        return strong_types(carry)
 
     def iteration(carry: OnPolicyCarry, episodes: EpisodeAccumulator):
         key, k_roll, k_mod, k_update = jax.random.split(carry.key, 4)

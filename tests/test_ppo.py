@@ -1,0 +1,290 @@
+"""PPO / A2C pieces, networks, configs and the on-policy loop."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import chex
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from angle_jax import registry
+from angle_jax.algos import a2c, ppo
+from angle_jax.config import RunConfig, load_config
+from angle_jax.networks.policies import policy_distribution
+from angle_jax.training import on_policy
+from angle_jax.training.axes import seed_axes
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """Straightforward per-env loop, written independently of the scan version."""
+    rewards, values, next_values = map(np.asarray, (rewards, values, next_values))
+    T = rewards.shape[0]
+    adv = np.zeros_like(rewards)
+    for t in reversed(range(T)):
+        boot = 0.0 if terminated[t] else next_values[t]
+        delta = rewards[t] + gamma * boot - values[t]
+        following = 0.0 if (t == T - 1 or terminated[t] or truncated[t]) else adv[t + 1]
+        adv[t] = delta + gamma * lam * following
+    return adv
+
+
+class GaeTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gae_by_hand_with_truncation_and_termination(self):
+        # t=1 is truncated: bootstrap from V(true final obs) = 9, but stop the recursion.
+        # t=3 terminates: no bootstrap.
+        rewards = jnp.array([1.0, 2.0, 3.0, 4.0])
+        values = jnp.array([0.5, 0.6, 0.7, 0.8])
+        next_values = jnp.array([0.6, 9.0, 0.8, 1.0])
+        terminated = jnp.array([False, False, False, True])
+        truncated = jnp.array([False, True, False, False])
+        gamma, lam = 0.9, 0.8
+        d0 = 1.0 + 0.9 * 0.6 - 0.5
+        d1 = 2.0 + 0.9 * 9.0 - 0.6
+        d2 = 3.0 + 0.9 * 0.8 - 0.7
+        d3 = 4.0 - 0.8
+        a3 = d3
+        a2 = d2 + gamma * lam * a3
+        a1 = d1
+        a0 = d0 + gamma * lam * a1
+        adv, ret = self.variant(ppo.gae)(rewards, values, next_values, terminated, truncated, gamma, lam)
+        np.testing.assert_allclose(adv, [a0, a1, a2, a3], rtol=1e-5)
+        np.testing.assert_allclose(ret, np.array([a0, a1, a2, a3]) + np.asarray(values), rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gae_matches_reference_on_random_batches(self):
+        rng = np.random.default_rng(0)
+        T, N = 17, 3
+        r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
+        term = rng.random((T, N)) < 0.1
+        trunc = (rng.random((T, N)) < 0.1) & ~term
+        adv, _ = self.variant(ppo.gae)(r, v, nv, term, trunc, 0.97, 0.9)
+        for n in range(N):
+            want = reference_gae(r[:, n], v[:, n], nv[:, n], term[:, n], trunc[:, n], 0.97, 0.9)
+            np.testing.assert_allclose(adv[:, n], want, rtol=1e-4, atol=1e-5)
+
+    def test_gae_rejects_mismatched_shapes(self):
+        with self.assertRaises(AssertionError):
+            ppo.gae(jnp.zeros(4), jnp.zeros(4), jnp.zeros(5), jnp.zeros(4, bool), jnp.zeros(4, bool), 0.9, 0.9)
+
+
+def test_n_step_returns_by_hand_and_equal_to_gae_lambda_one():
+    rewards = jnp.ones(3)
+    next_values = jnp.array([2.0, 3.0, 4.0])
+    term = jnp.zeros(3, bool)
+    trunc = jnp.array([False, True, False])
+    ret = a2c.n_step_returns(rewards, next_values, term, trunc, 0.5)
+    r2 = 1 + 0.5 * 4.0
+    r1 = 1 + 0.5 * 3.0  # truncated: bootstraps from its own final observation
+    r0 = 1 + 0.5 * r1
+    np.testing.assert_allclose(ret, [r0, r1, r2], rtol=1e-6)
+    term = jnp.array([True, False, False])
+    np.testing.assert_allclose(a2c.n_step_returns(rewards, next_values, term, trunc, 0.5)[0], 1.0)
+
+    rng = np.random.default_rng(1)
+    T, N = 11, 4
+    r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
+    te = rng.random((T, N)) < 0.15
+    tr = (rng.random((T, N)) < 0.15) & ~te
+    # within an episode the successor's value is the next step's value
+    cont = ~(te | tr)
+    nv[:-1] = np.where(cont[:-1], v[1:], nv[:-1])
+    _, gae_ret = ppo.gae(r, v, nv, te, tr, 0.95, 1.0)
+    np.testing.assert_allclose(a2c.n_step_returns(r, nv, te, tr, 0.95), gae_ret, rtol=1e-4, atol=1e-5)
+
+
+class ClipLossTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_clipped_policy_loss_values_and_gradients_at_the_edges(self):
+        eps = 0.2
+        ratio = jnp.array([1.5, 0.5, 0.5, 1.5, 1.2, 0.8])
+        adv = jnp.array([1.0, 1.0, -1.0, -1.0, 1.0, -1.0])
+        old = jnp.zeros(6)
+        loss_fn = self.variant(lambda lp: ppo.ppo_policy_loss(lp, old, adv, eps))
+        # per sample: -min(ρA, clip(ρ)A)
+        want = np.array([-1.2, -0.5, 0.8, 1.5, -1.2, 0.8])
+        np.testing.assert_allclose(loss_fn(jnp.log(ratio)), want.mean(), rtol=1e-5)
+        grads = jax.grad(loss_fn)(jnp.log(ratio))
+        # clipped samples (ratio beyond the edge in the advantage's direction) get no gradient
+        np.testing.assert_allclose(np.asarray(grads)[[0, 2]], 0.0, atol=1e-7)
+        # the others get -ρA/n
+        np.testing.assert_allclose(np.asarray(grads)[[1, 3]], -np.array([0.5 * 1.0, 1.5 * -1.0]) / 6, rtol=1e-5)
+        # one-sided: a ratio just inside the edge still moves
+        inside = jax.grad(loss_fn)(jnp.log(ratio.at[4].set(1.19)))[4]
+        assert abs(float(inside)) > 0.1
+
+    def test_value_loss_with_and_without_clipping(self):
+        v, old, ret = jnp.array([1.0]), jnp.array([0.0]), jnp.array([2.0])
+        np.testing.assert_allclose(ppo.value_loss(v, old, ret), 0.5 * 1.0)
+        # clipped prediction 0.2 is further from the return: the pessimistic max wins
+        np.testing.assert_allclose(ppo.value_loss(v, old, ret, 0.2), 0.5 * (2.0 - 0.2) ** 2, rtol=1e-6)
+        # moving away from the return: the unclipped error is larger
+        np.testing.assert_allclose(ppo.value_loss(jnp.array([-1.0]), old, ret, 0.2), 0.5 * 9.0, rtol=1e-6)
+
+    def test_kl_clip_fraction_entropy_and_normalisation(self):
+        old = jnp.zeros(4)
+        lp = jnp.log(jnp.array([1.0, 1.1, 1.3, 0.7]))
+        np.testing.assert_allclose(ppo.clip_fraction(lp, old, 0.2), 0.5)
+        ratio = np.array([1.0, 1.1, 1.3, 0.7])
+        np.testing.assert_allclose(ppo.approx_kl(lp, old), np.mean(ratio - 1 - np.log(ratio)), rtol=1e-5)
+        np.testing.assert_allclose(ppo.entropy_bonus(jnp.array([1.0, 3.0])), 2.0)
+        a = ppo.normalize_advantages(jnp.array([1.0, 2.0, 3.0, 10.0]))
+        np.testing.assert_allclose([a.mean(), a.std()], [0.0, 1.0], atol=1e-5)
+
+
+def test_a2c_loss_gradient_is_advantage_weighted():
+    lp = jnp.array([-1.0, -2.0])
+    adv = jnp.array([3.0, -1.0])
+    v = jnp.array([0.0, 1.0])
+    ret = jnp.array([1.0, 1.0])
+    total, (p, vl, ent) = a2c.a2c_loss(lp, adv, v, ret, jnp.array([0.5, 0.5]), 0.5, 0.01)
+    np.testing.assert_allclose(p, -(-3.0 + 2.0) / 2)
+    np.testing.assert_allclose(vl, 0.5 * 0.5)
+    np.testing.assert_allclose(total, p + 0.5 * vl - 0.01 * 0.5, rtol=1e-6)
+    g = jax.grad(lambda x: a2c.a2c_loss(x, adv, v, ret, jnp.zeros(2), 0.5, 0.0)[0])(lp)
+    np.testing.assert_allclose(g, -adv / 2)
+
+
+# ---- networks and actions ---------------------------------------------------------
+
+def test_continuous_policy_log_prob_matches_distrax_and_gaussian_formula():
+    spec = registry.make_env("Pendulum-v1", 3).spec
+    algo = ppo.make(ppo.Config(log_std_init=0.3, rollout_length=4, minibatches=2), spec)
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (3, *spec.obs_shape))
+    net = ppo.network(algo.config, spec)
+
+    @jax.jit
+    def score(state, obs, key):
+        mean, log_std = net.apply(state.params, obs, method=net.actor_outputs)
+        action = algo.explore(state, obs, key) * 10.0  # far outside [-1, 1]
+        ours = policy_distribution((mean, log_std), False).log_prob(action)
+        per_dim = distrax.Normal(mean, jnp.exp(log_std)).log_prob(action).sum(-1)
+        return mean, log_std, action, ours, per_dim
+
+    mean, log_std, action, ours, per_dim = score(state, obs, jax.random.PRNGKey(2))
+    np.testing.assert_allclose(log_std, 0.3)
+    std = np.exp(0.3)
+    formula = (-0.5 * ((np.asarray(action) - np.asarray(mean)) / std) ** 2 - np.log(std)
+               - 0.5 * np.log(2 * np.pi)).sum(-1)
+    np.testing.assert_allclose(ours, per_dim, rtol=1e-5)
+    np.testing.assert_allclose(ours, formula, rtol=1e-4)
+    assert action.shape == (3, 1)
+    greedy = jax.jit(algo.act)(state, obs * 1e3)
+    assert np.all(np.abs(np.asarray(greedy)) <= 1.0)
+
+
+def test_sampled_actions_are_not_clipped_but_env_actions_are():
+    spec = registry.make_env("Pendulum-v1", 256).spec
+    algo = ppo.make(ppo.Config(log_std_init=1.0, rollout_length=4, minibatches=2), spec)
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    a = jax.jit(algo.explore)(state, jnp.zeros((256, *spec.obs_shape)), jax.random.PRNGKey(1))
+    assert float(jnp.max(jnp.abs(a))) > 1.0
+    env = registry.make_env("Pendulum-v1", 256)
+    clipped = on_policy.env_action_fn(env)(a)
+    assert float(jnp.max(jnp.abs(clipped))) <= 1.0
+
+
+def test_discrete_act_is_argmax_and_minatar_cnn_casts_uint8():
+    spec = registry.make_env("Breakout-MinAtar", 2).spec
+    assert spec.obs_dtype == "uint8" and len(spec.obs_shape) == 3
+    algo = ppo.make(ppo.Config(torso="cnn", hidden=(32,), activation="relu", rollout_length=4, minibatches=2),
+                    spec)
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.3, (2, *spec.obs_shape)).astype(jnp.uint8)
+    net = ppo.network(algo.config, spec)
+    logits, values, greedy = jax.jit(lambda s, o: (*net.apply(s.params, o), algo.act(s, o)))(state, obs)
+    assert logits.shape == (2, spec.action_dim) and values.shape == (2,)
+    np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
+    assert "Conv_0" in state.params["params"]["actor_torso"]
+
+
+# ---- configuration ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,algo", [("ppo_cartpole", "ppo"), ("ppo_pendulum", "ppo"), ("ppo_minatar", "ppo"),
+                                       ("a2c_cartpole", "a2c"), ("ppo_rnd_mountaincar", "ppo")])
+def test_configs_parse(name, algo):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    module = registry.load_algo(algo)
+    assert cfg.algo == algo and isinstance(cfg.agent, module.Config)
+    assert module.LOOP == "on_policy" and module.ACTION_KIND == "both"
+    cfg.agent.validate(cfg.num_envs)
+    if name == "ppo_rnd_mountaincar":
+        assert cfg.modules == ("rnd",) and "rnd" in cfg.module_kwargs
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="minibatches"):
+        ppo.Config(rollout_length=10, minibatches=3).validate(num_envs=4)
+    with pytest.raises(ValueError, match="clip_eps"):
+        ppo.Config(clip_eps=0.0).validate()
+    with pytest.raises(ValueError, match="gae_lambda"):
+        ppo.Config(gae_lambda=1.5).validate()
+    with pytest.raises(ValueError, match="activation"):
+        a2c.Config(activation="nope").validate()
+    env = registry.make_env("CartPole-v1", 4)
+    bad = RunConfig(algo="ppo", env="CartPole-v1", num_envs=4, total_steps=10_000,
+                    agent=ppo.Config(rollout_length=10, minibatches=3))
+    with pytest.raises(ValueError, match="minibatches"):
+        on_policy.build(bad, env)
+    tiny = dataclasses.replace(bad, total_steps=8, agent=ppo.Config(rollout_length=8, minibatches=2))
+    with pytest.raises(ValueError, match="total_steps"):
+        on_policy.build(tiny, env)
+    with pytest.raises(ValueError, match="unknown module 'curiosity'.*rnd"):
+        on_policy.build(dataclasses.replace(bad, modules=("curiosity",), agent=ppo.Config()), env)
+
+
+# ---- the loop -------------------------------------------------------------------------
+
+def test_ppo_learns_cartpole_on_two_vmapped_seeds():
+    """Two seeds in one vmapped, jitted program; both must clearly beat their untrained policy.
+
+    About 61k env steps per seed. The run itself takes a few seconds; the bound below
+    is loose because compile time depends on how busy the shared machine is.
+    """
+    start = time.time()
+    num_envs = 4
+    cfg = RunConfig(algo="ppo", env="CartPole-v1", num_envs=num_envs, total_steps=61_440,
+                    agent=ppo.Config(rollout_length=128, epochs=4, minibatches=4, learning_rate=1e-3))
+    train = on_policy.build(cfg, registry.make_env("CartPole-v1", num_envs), registry.make_env("CartPole-v1", 8))
+    assert train.steps_per_iteration == 128 * num_envs
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    axes = seed_axes(jax.eval_shape(train.init, keys[0]))
+    carry = jax.jit(jax.vmap(train.init, out_axes=axes))(keys)
+    evaluate = jax.jit(jax.vmap(train.evaluate, in_axes=(axes.agent, 0)))
+    before = np.asarray(evaluate(carry.agent, keys)).mean(axis=1)
+    run = jax.jit(jax.vmap(lambda c: train.run(c, train.loop.num_iterations), in_axes=(axes,), out_axes=(axes, 0)))
+    carry, logs = run(carry)
+    after = np.asarray(evaluate(carry.agent, keys)).mean(axis=1)
+    elapsed = time.time() - start
+    assert carry.iteration.shape == () and int(carry.iteration) == train.loop.num_iterations
+    assert carry.agent.step.shape == () and logs["episode_return_mean"].shape == (2,)
+    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "episodes",
+              "episode_return_min", "episode_return_max", "episode_length_mean", "learning_rate"):
+        assert k in logs and np.all(np.isfinite(logs[k])), k
+    print(f"eval before {before} after {after}; train return {logs['episode_return_mean']}; {elapsed:.1f}s")
+    assert np.all(after > 150.0) and np.all(after > 3 * before)
+    assert np.all(np.asarray(logs["episode_return_mean"]) > 100.0)  # a random policy averages ~22
+    assert elapsed < 180
+
+
+def test_a2c_loop_runs_and_updates():
+    cfg = RunConfig(algo="a2c", env="Pendulum-v1", num_envs=2, total_steps=100,
+                    agent=a2c.Config(rollout_length=5, hidden=(8,)))
+    train = on_policy.build(cfg, registry.make_env("Pendulum-v1", 2))
+    carry = train.init(jax.random.PRNGKey(0))
+    new, logs = jax.jit(train.run, static_argnums=1)(carry, 3)
+    assert int(new.iteration) == 3 and int(new.agent.step) == 3
+    assert all(np.isfinite(logs[k]) for k in ("policy_loss", "value_loss", "entropy"))
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), carry.agent.params, new.agent.params)
+    assert max(jax.tree.leaves(moved)) > 0

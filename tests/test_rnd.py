@@ -1,0 +1,129 @@
+"""RND pieces, the module protocol, and PPO + RND composed by configuration."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from angle_jax import registry
+from angle_jax.algos import ppo, rnd
+from angle_jax.config import RunConfig
+from angle_jax.training import modules, on_policy
+
+
+class RunningStatsTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_running_stats_match_numpy_over_all_batches(self):
+        rng = np.random.default_rng(0)
+        batches = [rng.normal(3.0, 2.0, size=(n, 2)).astype(np.float32) for n in (5, 17, 40)]
+        stats = rnd.RunningStats.create((2,))
+        update = self.variant(lambda s, b: s.update(b))
+        for b in batches:
+            stats = update(stats, b)
+        everything = np.concatenate(batches)
+        np.testing.assert_allclose(stats.mean, everything.mean(0), rtol=1e-3)
+        np.testing.assert_allclose(stats.var, everything.var(0), rtol=1e-3)
+
+
+def test_discounted_filter_predictor_loss_and_obs_normalisation():
+    rewards = jnp.array([[1.0], [2.0], [3.0]])
+    last, e = rnd.discounted_filter(rewards, jnp.array([10.0]), 0.5)
+    np.testing.assert_allclose(e[:, 0], [6.0, 5.0, 5.5])
+    np.testing.assert_allclose(last, [5.5])
+    pred, target = jnp.array([[1.0, 1.0], [0.0, 0.0]]), jnp.zeros((2, 2))
+    np.testing.assert_allclose(rnd.intrinsic_reward(pred, target), [1.0, 0.0])
+    np.testing.assert_allclose(rnd.predictor_loss(pred, target, jnp.array([True, False])), 1.0)
+    np.testing.assert_allclose(rnd.predictor_loss(pred, target, jnp.array([False, True])), 0.0)
+    stats = rnd.RunningStats(jnp.array([1.0]), jnp.array([4.0]), jnp.array(10.0))
+    np.testing.assert_allclose(rnd.normalize_obs(jnp.array([[3.0], [100.0]]), stats, 5.0), [[1.0], [5.0]],
+                               rtol=1e-5)
+
+
+def rollout_of(states: jax.Array, T: int, N: int) -> modules.Rollout:
+    """A rollout whose observations cycle through `states` ([K, D], K = T * N)."""
+    obs = states.reshape(T, N, -1)
+    zeros = jnp.zeros((T, N))
+    return modules.Rollout(obs, jnp.zeros((T, N), jnp.int32), zeros, zeros.astype(bool), zeros.astype(bool),
+                           obs, zeros)
+
+
+def test_intrinsic_reward_falls_on_repeatedly_visited_states():
+    spec = registry.make_env("MountainCar-v0", 4).spec
+    module = modules.make_module("rnd", spec, {"epochs": 2, "minibatches": 2, "learning_rate": 3e-3})
+    T, N = 8, 4
+    visited = jnp.stack([jnp.linspace(-0.6, -0.4, T * N), jnp.linspace(-0.01, 0.01, T * N)], -1)
+    novel = jnp.stack([jnp.linspace(0.3, 0.5, T * N), jnp.linspace(0.05, 0.07, T * N)], -1)
+    seen, fresh = rollout_of(visited, T, N), rollout_of(novel, T, N)
+
+    @jax.jit
+    def visit(state, key):
+        state, out = module.process(state, seen)
+        state, metrics = module.update(state, seen, out, key)
+        return state, out.metrics["intrinsic_reward_raw"], metrics
+
+    @jax.jit
+    def probe(state):
+        return module.process(state, fresh)[1].metrics["intrinsic_reward_raw"]
+
+    state = jax.jit(module.init)(jax.random.PRNGKey(0))
+    rewards = []
+    for k in jax.random.split(jax.random.PRNGKey(1), 40):
+        state, r, metrics = visit(state, k)
+        rewards.append(float(r))
+    assert np.isfinite(float(metrics["predictor_loss"])) and np.isfinite(float(metrics["value_loss"]))
+    first, last = np.mean(rewards[1:4]), np.mean(rewards[-3:])
+    print(f"visited: {first:.4g} -> {last:.4g}; novel: {float(probe(state)):.4g}")
+    assert last < 0.2 * first
+    assert float(probe(state)) > 5 * last
+
+
+def test_module_outputs_reach_the_rollout():
+    r = rollout_of(jnp.zeros((6, 1)), 3, 2)
+    outs = [modules.ModuleOutput(reward=jnp.ones((3, 2)), advantage=None),
+            modules.ModuleOutput(reward=None, advantage=2 * jnp.ones((3, 2))),
+            modules.ModuleOutput(reward=jnp.ones((3, 2)), advantage=jnp.ones((3, 2)))]
+    combined = modules.apply_outputs(r, outs)
+    np.testing.assert_allclose(combined.reward, 2.0)
+    np.testing.assert_allclose(combined.advantage_bonus, 3.0)
+
+
+def test_unknown_modules_and_settings_are_rejected():
+    spec = registry.make_env("CartPole-v1", 2).spec
+    with pytest.raises(ValueError, match=r"unknown module 'rdn' \(valid: rnd\)"):
+        modules.make_modules(("rdn",), {}, spec)
+    with pytest.raises(ValueError, match="unknown setting.*int_coeff"):
+        modules.make_modules(("rnd",), {"rnd": {"int_coeff": 1.0}}, spec)
+    with pytest.raises(ValueError, match="not in modules"):
+        modules.make_modules((), {"rnd": {}}, spec)
+    with pytest.raises(ValueError, match="update_proportion"):
+        modules.make_modules(("rnd",), {"rnd": {"update_proportion": 2.0}}, spec)
+
+
+def test_ppo_and_rnd_compose_by_configuration():
+    """RunConfig.modules = ("rnd",): both learners train, both losses are logged,
+    and neither module's code refers to the other."""
+    cfg = RunConfig(algo="ppo", env="CartPole-v1", num_envs=2, total_steps=64, modules=("rnd",),
+                    module_kwargs={"rnd": {"hidden": (16,), "critic_hidden": (16,), "embed_dim": 8,
+                                           "epochs": 1, "minibatches": 2}},
+                    agent=ppo.Config(rollout_length=8, epochs=1, minibatches=2, hidden=(16,)))
+    train = on_policy.build(cfg, registry.make_env("CartPole-v1", 2))
+    carry = train.init(jax.random.PRNGKey(0))
+    assert len(carry.modules) == 1 and isinstance(carry.modules[0], rnd.RNDState)
+    new, logs = jax.jit(train.run, static_argnums=1)(carry, 2)
+    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+              "rnd/predictor_loss", "rnd/value_loss", "rnd/intrinsic_reward", "episodes"):
+        assert k in logs and np.isfinite(float(logs[k])), k
+
+    def changed(a, b):
+        return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    assert changed(carry.agent.params, new.agent.params) > 0
+    assert changed(carry.modules[0].params["predictor"], new.modules[0].params["predictor"]) > 0
+    assert changed(carry.modules[0].target_params, new.modules[0].target_params) == 0
+    assert float(new.modules[0].obs_stats.count) > 1
+    import inspect
+    assert "rnd" not in inspect.getsource(ppo).lower()
+    assert "ppo" not in inspect.getsource(rnd).lower()
