@@ -206,24 +206,22 @@ def test_train_and_test_use_disjoint_price_rows():
 
 def test_batched_step_equals_per_env_step_and_vmaps_over_seeds():
     env = registry.make_raw_env("DataFeedContinuous-v0", 5)
-    obs, state = jax.jit(env.reset)(jax.random.PRNGKey(0))
     action = jnp.linspace(-1.0, 1.0, 5)[:, None]
-    key = jax.random.PRNGKey(1)
-    new_state, ts = jax.jit(env.step)(state, action, key)
-    keys = jax.random.split(key, 5)
-    step_one = jax.jit(env._step_one)
-    for i in range(5):
-        one = jax.tree.map(lambda x: x[i], state)
-        s_i, obs_i, next_i, raw_i, trunc_i, _ = step_one(one, action[i], keys[i])
-        np.testing.assert_allclose(np.asarray(ts.next_obs[i]), np.asarray(next_i))
-        assert float(ts.reward[i]) == pytest.approx(float(raw_i))
-        assert int(new_state.t[i]) == int(state.t[i]) + 1
-    assert len(set(np.asarray(state.start).tolist())) > 1   # envs start at different dates
-
     seeds = jax.random.split(jax.random.PRNGKey(2), 3)
     obs_s, state_s = jax.jit(jax.vmap(env.reset))(seeds)
-    state_s, ts_s = jax.jit(jax.vmap(env.step, in_axes=(0, None, 0)))(state_s, action, seeds)
+    new_s, ts_s = jax.jit(jax.vmap(env.step, in_axes=(0, None, 0)))(state_s, action, seeds)
     assert obs_s.shape == (3, 5, *env.spec.obs_shape) and ts_s.reward.shape == (3, 5)
+    assert len(set(np.asarray(state_s.start).ravel().tolist())) > 5   # envs and seeds start at different dates
+
+    step_one = jax.jit(env._step_one)
+    for s in range(2):
+        keys = jax.random.split(seeds[s], 5)
+        for i in range(5):
+            one = jax.tree.map(lambda x: x[s, i], state_s)
+            _, _, next_i, raw_i, _, _ = step_one(one, action[i], keys[i])
+            np.testing.assert_allclose(np.asarray(ts_s.next_obs[s, i]), np.asarray(next_i))
+            assert float(ts_s.reward[s, i]) == pytest.approx(float(raw_i))
+            assert int(new_s.t[s, i]) == int(state_s.t[s, i]) + 1
 
 
 # ---- buy and hold -----------------------------------------------------------------
@@ -237,8 +235,9 @@ def test_buy_and_hold_matches_hand_sum_and_an_always_long_agent(tmp_path):
     env = registry.make_env("DataFeed-v0", 2, split="test", **{k: v for k, v in kwargs.items()})
     assert buy_and_hold_return(env) == pytest.approx(hand, abs=1e-12)
     obs, state = env.reset(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
     for k in range(env.spec.max_episode_steps):
-        state, ts = env.step(state, jnp.array([2, 2]), jax.random.PRNGKey(k))
+        state, ts = step(state, jnp.array([2, 2]), jax.random.PRNGKey(k))
     assert bool(ts.info["episode_done"][0])
     assert float(ts.info["episode_return"][0]) == pytest.approx(hand, abs=1e-5)
     line = play_report("DataFeed-v0", [0.25, 0.75], split="test", returns="simple", **kwargs)
