@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
+# One persistent XLA cache for the whole session, shared with the train.py / play.py
+# subprocesses, so identical programs compile once.
+_CACHE = Path(os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                    str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "xla")))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 REPO = Path(__file__).resolve().parent.parent
 
 TINY_TD3 = [
-    "total_steps=3000", "learning_starts=500", "buffer_size=3000", "batch_size=32", "log_interval=1000",
+    "total_steps=3000", "learning_starts=500", "buffer_size=3000", "batch_size=32", "log_interval=250",
     "eval_episodes=2", "agent.actor_hidden=[16,16]", "agent.critic_hidden=[16,16]", "progress=false",
 ]
 
@@ -29,7 +36,7 @@ def trained_run(tmp_path_factory):
     """A finished tiny TD3 run directory (train.py end to end), shared by several tests."""
     run_dir = tmp_path_factory.mktemp("runs") / "td3_tiny"
     args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(run_dir),
-            "--set", "checkpoint_interval=1000", "--set", "eval_interval=2000"]
+            "--set", "checkpoint_interval=500", "--set", "eval_interval=2000"]
     for o in TINY_TD3:
         args += ["--set", o]
     proc = run_script("train.py", *args)

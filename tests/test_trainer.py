@@ -1,0 +1,139 @@
+"""Trainer generator, TensorBoard output, checkpoints, resume after SIGKILL, divergence guard, play.py."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from angle_jax import checkpoint as ckpt
+from angle_jax.config import load_config
+from angle_jax.training.trainer import DivergenceError, Trainer
+from conftest import REPO, TINY_TD3, run_script
+
+
+def test_generator_yields_one_dict_per_chunk_with_expected_keys(tmp_path):
+    config = load_config(overrides=TINY_TD3 + ["seeds=2", "total_steps=1500", "log_interval=500",
+                                               "eval_interval=1000"], algo="td3", env="Pendulum-v1")
+    out = list(Trainer(config, tmp_path)())
+    assert [d["step"] for d in out] == [500, 1000, 1500]
+    for d in out:
+        for key in ("steps_per_s", "episodes", "episode_return_mean", "episode_return_min",
+                    "episode_return_max", "episode_length_mean", "per_seed"):
+            assert key in d, key
+        assert len(d["per_seed"]["episode_return_mean"]) == 2
+    assert "critic_loss" in out[-1] and np.isfinite(out[-1]["critic_loss"])
+    assert "eval_return_mean" in out[1] and "eval_return_mean" not in out[0]
+    assert len(out[1]["eval_return_per_seed"]) == 2
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_tensorboard_events_read_back(trained_run):
+    from tensorboardX.proto import event_pb2
+
+    run_dir, _ = trained_run
+    files = list((run_dir / "events").glob("events.out.tfevents.*"))
+    assert files
+    tags = set()
+    import struct
+
+    data = files[0].read_bytes()
+    i = 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        ev = event_pb2.Event()
+        ev.ParseFromString(data[i + 12:i + 12 + n])
+        tags.update(v.tag for v in ev.summary.value)
+        i += 12 + n + 4
+    assert {"train/episode_return_mean", "train/critic_loss", "train/steps_per_s", "eval/eval_return_mean"} <= tags
+
+
+def _payload(path: Path) -> bytes:
+    return ckpt.read_meta(path)[1]
+
+
+def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
+    ref_dir, _ = trained_run
+    run_dir = tmp_path / "killed"
+    args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(run_dir),
+            "--set", "checkpoint_interval=500", "--set", "eval_interval=2000"]
+    for o in TINY_TD3:
+        args += ["--set", o]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = run_dir / "checkpoints" / "ckpt_000000000500.ckpt"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists(), "run finished before it could be killed"
+    steps = ckpt.CheckpointManager(run_dir / "checkpoints").all_steps()
+    assert steps and steps[-1] < 3000
+    resumed = run_script("train.py", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _payload(run_dir / "params.ckpt") == _payload(ref_dir / "params.ckpt")
+    ref_last = ckpt.CheckpointManager(ref_dir / "checkpoints").path_for(3000)
+    assert _payload(run_dir / "checkpoints" / ref_last.name) == _payload(ref_last)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(trained_run, tmp_path):
+    ref_dir, _ = trained_run
+    config = load_config(ref_dir / "config.yaml")
+    manager = ckpt.CheckpointManager(ref_dir / "checkpoints")
+    steps = manager.all_steps()
+    assert len(steps) >= 2
+    copy = tmp_path / "run"
+    (copy / "checkpoints").mkdir(parents=True)
+    for s in steps[-2:]:
+        (copy / "checkpoints" / manager.path_for(s).name).write_bytes(manager.path_for(s).read_bytes())
+    newest = copy / "checkpoints" / manager.path_for(steps[-1]).name
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        ckpt.read_meta(newest)
+    warnings = []
+    trainer = Trainer(config, copy, resume=True, warn=warnings.append)
+    assert trainer.restore()
+    assert trainer.step == steps[-2]
+    assert any("truncated or corrupt" in w for w in warnings)
+
+
+def test_divergence_guard_stops_with_step_and_metric(tmp_path):
+    config = load_config(overrides=TINY_TD3 + ["agent.critic_lr=1e30", "agent.actor_lr=1e30",
+                                               "checkpoint_interval=250", "learning_starts=100"],
+                         algo="td3", env="Pendulum-v1")
+    trainer = Trainer(config, tmp_path)
+    seen = []
+    with pytest.raises(DivergenceError) as exc:
+        for d in trainer():
+            seen.append(d["step"])
+    assert exc.value.step == 250 and exc.value.metric in ("params", "critic_loss", "actor_loss", "q_mean")
+    assert "training diverged at step 250" in str(exc.value)
+    assert not ckpt.CheckpointManager(tmp_path / "checkpoints").all_steps()  # nothing bad was saved
+
+
+def test_divergence_exit_code_3(tmp_path):
+    args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(tmp_path / "r")]
+    for o in TINY_TD3 + ["agent.critic_lr=1e30", "agent.actor_lr=1e30", "learning_starts=100"]:
+        args += ["--set", o]
+    proc = run_script("train.py", *args)
+    assert proc.returncode == 3, proc.stderr
+    assert "training diverged at step" in proc.stderr
+
+
+def test_play_writes_gif_and_checks_spaces(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    gif = tmp_path / "play.gif"
+    proc = run_script("play.py", "--checkpoint", str(run_dir), "--episodes", "2", "--video", str(gif))
+    assert proc.returncode == 0, proc.stderr
+    assert "mean return over 2 episodes" in proc.stdout
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(gif)
+    assert len(frames) > 1 and frames[0].shape[-1] in (3, 4)
+    bad = run_script("play.py", "--checkpoint", str(run_dir), "--env", "MountainCarContinuous-v0")
+    assert bad.returncode == 2 and "does not fit MountainCarContinuous-v0" in bad.stderr
