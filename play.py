@@ -18,6 +18,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for the episodes' initial states")
     p.add_argument("--agent-seed", type=int, default=0, help="which of the run's trained seeds to use")
     p.add_argument("--max-steps", type=int, help="cap on steps per episode (default: the env's limit)")
+    p.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an env setting, e.g. --env-set split=train (data-feed envs play "
+                        "their test period by default)")
     return p.parse_args(argv)
 
 
@@ -93,14 +96,26 @@ def main(argv=None) -> int:
         fail(f"--video must end in .gif or .mp4, got {args.video}")
     try:
         run_dir, ckpt_file = find_run(Path(args.checkpoint))
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
         config = C.load_config(run_dir / "config.yaml")
     except (FileNotFoundError, C.ConfigError) as e:
         fail(str(e))
     if not 0 <= args.agent_seed < config.seeds:
         fail(f"--agent-seed must be in [0, {config.seeds}), got {args.agent_seed}")
     env_name = args.env or config.env
+    env_kwargs = dict(config.env_kwargs) if env_name == config.env else {}
+    if env_name.startswith("DataFeed"):
+        env_kwargs.setdefault("split", "test")
+    for item in args.env_set:
+        if "=" not in item:
+            fail(f"--env-set expects key=value, got {item!r}")
+        import yaml
+
+        key, raw = item.split("=", 1)
+        env_kwargs[key] = yaml.safe_load(raw)
     try:
-        env = registry.make_env(env_name, args.episodes, **(config.env_kwargs if env_name == config.env else {}))
+        env = registry.make_env(env_name, args.episodes, **env_kwargs)
     except (registry.UnknownNameError, ValueError) as e:
         fail(str(e))
     spec_file = run_dir / "spec.json"
@@ -154,14 +169,10 @@ def main(argv=None) -> int:
     for i, (r, l) in enumerate(zip(returns, lengths)):
         print(f"episode {i}: return {r:.2f}  length {l}")
     print(f"mean return over {n} episodes: {returns.mean():.2f}")
-    report = getattr(env.spec, "name", "")
-    try:
-        from angle_jax.envs import datafeed  # noqa: F401
+    if env_name.startswith("DataFeed"):
+        from angle_jax.envs import datafeed
 
-        if hasattr(datafeed, "play_report") and env_name.startswith("DataFeed"):
-            print(datafeed.play_report(env_name, returns, **config.env_kwargs))
-    except ImportError:
-        pass
+        print(datafeed.play_report(env_name, returns, **env_kwargs))
     if want_video:
         path = Path(args.video)
         path.parent.mkdir(parents=True, exist_ok=True)

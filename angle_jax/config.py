@@ -36,6 +36,7 @@ class RunConfig:
     algo: str = "td3"
     env: str = "Pendulum-v1"
     env_kwargs: dict = dataclasses.field(default_factory=dict)
+    imports: tuple[str, ...] = ()  # modules imported first, e.g. ones that register custom envs
     seed: int = 0
     seeds: int = 1
     total_steps: int = 1_000_000
@@ -251,6 +252,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         raise ConfigError(str(e)) from None
     agent = _build(module.Config, agent_values, "agent.")
     run = _build(RunConfig, data)
+    import_modules(run.imports)
     run = dataclasses.replace(run, agent=agent)
     try:
         registry.check_env_name(run.env)
@@ -258,6 +260,17 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         raise ConfigError(str(e)) from None
     run.validate()
     return run
+
+
+def import_modules(names) -> None:
+    """Import user modules (e.g. ones calling `registry.register_env`); a missing one is a ConfigError."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"imports: cannot import {name!r}: {e}") from None
 
 
 def to_dict(config: RunConfig) -> dict:
