@@ -158,41 +158,40 @@ def test_a2c_loss_gradient_is_advantage_weighted():
 # ---- networks and actions ---------------------------------------------------------
 
 def test_continuous_policy_log_prob_matches_distrax_and_gaussian_formula():
-    spec = registry.make_env("Pendulum-v1", 3).spec
+    """Log-probs of (unclipped) samples match distrax.Normal per dimension and the closed form;
+    `act` stays in [-1, 1] while samples may leave it, and the env copy is clipped."""
+    env = registry.make_env("Pendulum-v1", 64)
+    spec = env.spec
     algo = ppo.make(ppo.Config(log_std_init=0.3, rollout_length=4, minibatches=2), spec)
-    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
-    obs = jax.random.normal(jax.random.PRNGKey(1), (3, *spec.obs_shape))
     net = ppo.network(algo.config, spec)
 
     @jax.jit
-    def score(state, obs, key):
+    def run(key):
+        k_init, k_obs, k_act = jax.random.split(key, 3)
+        state = algo.init(k_init)
+        obs = jax.random.normal(k_obs, (64, *spec.obs_shape))
         mean, log_std = net.apply(state.params, obs, method=net.actor_outputs)
-        action = algo.explore(state, obs, key) * 10.0  # far outside [-1, 1]
+        action = algo.explore(state, obs, k_act)
         ours = policy_distribution((mean, log_std), False).log_prob(action)
         per_dim = distrax.Normal(mean, jnp.exp(log_std)).log_prob(action).sum(-1)
-        return mean, log_std, action, ours, per_dim
+        greedy = algo.act(state, obs * 1e3)
+        far = action * 10.0
+        far_lp = policy_distribution((mean, log_std), False).log_prob(far)
+        return mean, log_std, action, ours, per_dim, greedy, far, far_lp
 
-    mean, log_std, action, ours, per_dim = score(state, obs, jax.random.PRNGKey(2))
+    mean, log_std, action, ours, per_dim, greedy, far, far_lp = map(np.asarray, run(jax.random.PRNGKey(0)))
     np.testing.assert_allclose(log_std, 0.3)
     std = np.exp(0.3)
-    formula = (-0.5 * ((np.asarray(action) - np.asarray(mean)) / std) ** 2 - np.log(std)
-               - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+    def formula(a):
+        return (-0.5 * ((a - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+
     np.testing.assert_allclose(ours, per_dim, rtol=1e-5)
-    np.testing.assert_allclose(ours, formula, rtol=1e-4)
-    assert action.shape == (3, 1)
-    greedy = jax.jit(algo.act)(state, obs * 1e3)
-    assert np.all(np.abs(np.asarray(greedy)) <= 1.0)
-
-
-def test_sampled_actions_are_not_clipped_but_env_actions_are():
-    spec = registry.make_env("Pendulum-v1", 256).spec
-    algo = ppo.make(ppo.Config(log_std_init=1.0, rollout_length=4, minibatches=2), spec)
-    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
-    a = jax.jit(algo.explore)(state, jnp.zeros((256, *spec.obs_shape)), jax.random.PRNGKey(1))
-    assert float(jnp.max(jnp.abs(a))) > 1.0
-    env = registry.make_env("Pendulum-v1", 256)
-    clipped = on_policy.env_action_fn(env)(a)
-    assert float(jnp.max(jnp.abs(clipped))) <= 1.0
+    np.testing.assert_allclose(ours, formula(action), rtol=1e-4)
+    np.testing.assert_allclose(far_lp, formula(far), rtol=1e-4)  # scored as sampled, not clipped
+    assert action.shape == (64, 1) and np.max(np.abs(far)) > 1.0
+    assert np.all(np.abs(greedy) <= 1.0)
+    assert float(jnp.max(jnp.abs(on_policy.env_action_fn(env)(jnp.asarray(far))))) <= 1.0
 
 
 def test_discrete_act_is_argmax_and_minatar_cnn_casts_uint8():
@@ -200,13 +199,18 @@ def test_discrete_act_is_argmax_and_minatar_cnn_casts_uint8():
     assert spec.obs_dtype == "uint8" and len(spec.obs_shape) == 3
     algo = ppo.make(ppo.Config(torso="cnn", hidden=(32,), activation="relu", rollout_length=4, minibatches=2),
                     spec)
-    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
-    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.3, (2, *spec.obs_shape)).astype(jnp.uint8)
     net = ppo.network(algo.config, spec)
-    logits, values, greedy = jax.jit(lambda s, o: (*net.apply(s.params, o), algo.act(s, o)))(state, obs)
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.3, (2, *spec.obs_shape)).astype(jnp.uint8)
+
+    @jax.jit
+    def run(key, obs):
+        state = algo.init(key)
+        return state.params, *net.apply(state.params, obs), algo.act(state, obs)
+
+    params, logits, values, greedy = run(jax.random.PRNGKey(0), obs)
     assert logits.shape == (2, spec.action_dim) and values.shape == (2,)
     np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
-    assert "Conv_0" in state.params["params"]["actor_torso"]
+    assert "Conv_0" in params["params"]["actor_torso"]
 
 
 # ---- configuration ------------------------------------------------------------------
