@@ -14,7 +14,7 @@ def parse_args(argv=None):
     from angle_jax.cli import Parser, names_epilog
 
     p = Parser(description="Train an angle_jax agent. Settings come from defaults < --config < flags < --set.",
-               epilog=names_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog_fn=names_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", help="algorithm name (listed below)")
     p.add_argument("--env", help="env name (listed below)")
     p.add_argument("--config", help="YAML config file (default: the preset for algo+env, if any)")
@@ -52,6 +52,10 @@ def resolve_config(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.seeds and not args.resume:
+        from angle_jax.devices import split_cpu_for_seeds
+
+        split_cpu_for_seeds(args.seeds)
     from angle_jax import config as C
     from angle_jax.cli import EXIT_DIVERGED, fail
     from angle_jax.registry import UnknownNameError

@@ -9,7 +9,17 @@ EXIT_DIVERGED = 3
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit code 2."""
+    """argparse whose errors are one line on stderr and exit code 2; `epilog_fn` is
+    called only when help is shown (listing envs imports gymnax, and so JAX)."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self):
+        if self.epilog_fn is not None and self.epilog is None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
 
     def error(self, message):  # noqa: D401 - argparse API
         fail(message, self.prog)

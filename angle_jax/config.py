@@ -21,6 +21,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tuned settings used when no --config is given for this (algo, env).
 PRESETS: dict[tuple[str, str], str] = {
     ("td3", "Pendulum-v1"): "td3_pendulum.yaml",
+    ("sac", "Pendulum-v1"): "sac_pendulum.yaml",
+    ("ddpg", "Pendulum-v1"): "ddpg_pendulum.yaml",
 }
 
 
@@ -77,8 +79,13 @@ class RunConfig:
             if self.batch_size > self.buffer_size:
                 raise ConfigError(f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})")
         if self.agent is not None and hasattr(self.agent, "validate"):
+            import inspect
+
             try:
-                self.agent.validate()
+                if "num_envs" in inspect.signature(self.agent.validate).parameters:
+                    self.agent.validate(num_envs=self.num_envs)
+                else:
+                    self.agent.validate()
             except ConfigError:
                 raise
             except ValueError as e:

@@ -60,6 +60,8 @@ class GymnaxEnv(Env):
     def reset(self, key):
         keys = jax.random.split(key, self.spec.num_envs)
         obs, state = jax.vmap(self.gymnax_env.reset_env, in_axes=(0, None))(keys, self.params)
+        # Strong dtypes: a weakly typed leaf would make the next compiled chunk recompile.
+        state = jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
         return self._cast(obs), state
 
     def _step_one(self, state, action, key):

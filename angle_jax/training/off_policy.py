@@ -65,7 +65,7 @@ class MetaLearner(NamedTuple):
 @struct.dataclass
 class OffPolicyCarry:
     agent: Any
-    buffer: BufferState
+    buffer: Any  # the replay's state: BufferState, or the state of an algorithm-supplied buffer
     env_state: Any
     obs: jax.Array
     key: jax.Array
