@@ -32,6 +32,10 @@ class Algorithm(NamedTuple):
     make_buffer(loop) -> ReplayBuffer         optional: the replay this algorithm samples
                                               from (default: uniform replay of Transitions)
 
+    For `kind="on_policy"`, `update(state, rollout, key)` takes a whole rollout
+    (`training.modules.Rollout`, leaves [T, num_envs, ...]) and `explore` may return
+    unclipped Box samples: the loop clips the copy it sends to the env.
+
     When `update`'s metrics contain "priorities" (shape [batch]) and the buffer has
     `update_priorities(buffer_state, batch, priorities)`, the off-policy loop
     feeds them back after every update.
@@ -47,8 +51,8 @@ class Algorithm(NamedTuple):
 
 
 def polyak_update(online: Any, target: Any, tau: jax.Array) -> Any:
-    """target <- target + tau * (online - target), leaf by leaf."""
-    return jax.tree.map(lambda o, t: t + tau * (o - t), online, target)
+    """target <- tau * online + (1 - tau) * target, leaf by leaf (tau = 1 copies exactly)."""
+    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
 def direction_optimizer(max_grad_norm: float = 0.0, eps: float = 1e-8) -> optax.GradientTransformation:
