@@ -1,0 +1,211 @@
+"""Pieces shared by the actor-critic algorithms over continuous actions (TD3, SAC, DDPG).
+
+Each is a small pure function: the Bellman target with termination masking,
+the critic regression loss and step, one generic gradient step, the
+deterministic policy-gradient step with its target sync, Gaussian
+exploration, network construction and parameter/optimizer init. An
+algorithm module composes them and adds only what makes it different.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from angle_jax.algos.base import apply_gradients, maybe_pmean, polyak_update
+from angle_jax.envs.base import EnvSpec
+from angle_jax.networks.mlp import MLP, QEnsemble, flatten_obs
+
+
+# ---- configuration ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig:
+    """Settings every actor-critic here has. Sizes and flags are static; the floats
+    are copied into the algorithm's traced hyperparameters."""
+
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    max_grad_norm: float = 0.0
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    axis_name: str | None = None
+
+    def validate(self) -> None:
+        for name in ("actor_hidden", "critic_hidden"):
+            if not getattr(self, name) or any(w <= 0 for w in getattr(self, name)):
+                raise ValueError(f"{name} must be a non-empty list of positive widths, got {list(getattr(self, name))}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        require(self, positive=("actor_lr", "critic_lr"), non_negative=("max_grad_norm",))
+
+
+def require(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+            at_least_one: tuple[str, ...] = ()) -> None:
+    """Raise a ValueError naming the first config field outside its allowed range."""
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
+def require_continuous(algo_name: str, spec: EnvSpec) -> None:
+    if spec.discrete:
+        raise ValueError(f"{algo_name} needs continuous actions; {spec.name} has {spec.action_space.n} discrete actions")
+
+
+# ---- targets and losses ---------------------------------------------------------------
+
+def bellman_target(next_value: jax.Array, reward: jax.Array, terminated: jax.Array, gamma: jax.Array) -> jax.Array:
+    """r + γ (1 - terminated) V(s'), held constant (stop-gradient).
+
+    All arrays are `[batch]`. A truncated step is not terminated, so it still bootstraps.
+    """
+    chex.assert_rank(next_value, 1)
+    chex.assert_equal_shape([next_value, reward, terminated])
+    bootstrap = gamma * (1.0 - terminated.astype(jnp.float32))
+    return jax.lax.stop_gradient(reward + bootstrap * next_value)
+
+
+def ensemble_td_loss(q: jax.Array, target: jax.Array) -> jax.Array:
+    """Sum over members of the mean squared TD error. q: [members, batch], target: [batch]."""
+    chex.assert_rank(q, 2)
+    chex.assert_shape(target, (q.shape[1],))
+    return jnp.sum(jnp.mean(jnp.square(q - target[None]), axis=1))
+
+
+def deterministic_policy_loss(q_of_policy: jax.Array) -> jax.Array:
+    """Deterministic policy gradient objective: -mean Q(s, π(s)). q_of_policy: [batch]."""
+    chex.assert_rank(q_of_policy, 1)
+    return -jnp.mean(q_of_policy)
+
+
+def gaussian_exploration(action: jax.Array, key: jax.Array, noise_scale: jax.Array) -> jax.Array:
+    """Gaussian exploration noise, clipped to the action bounds [-1, 1]."""
+    return jnp.clip(action + noise_scale * jax.random.normal(key, action.shape), -1.0, 1.0)
+
+
+# ---- steps --------------------------------------------------------------------------
+
+def gradient_step(objective: Callable[[Any], tuple[jax.Array, Any]], tx: optax.GradientTransformation,
+                  params: Any, opt_state: Any, learning_rate: jax.Array, axis_name: str | None = None):
+    """One optimizer step on `objective(params) -> (loss, aux)`; returns (params, opt_state, loss, aux).
+
+    Gradients are averaged over `axis_name` when one is given (data-parallel training).
+    """
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    grads = maybe_pmean(grads, axis_name)
+    params, opt_state = apply_gradients(tx, params, opt_state, grads, learning_rate)
+    return params, opt_state, loss, aux
+
+
+def critic_step(critic: QEnsemble, tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                obs: jax.Array, action: jax.Array, target: jax.Array, learning_rate: jax.Array,
+                axis_name: str | None = None, loss_fn: Callable = ensemble_td_loss):
+    """Regress every critic member onto `target`; returns (params, opt_state, loss, q)."""
+    def objective(p):
+        q = critic.apply(p, obs, action)
+        return loss_fn(q, target), q
+
+    return gradient_step(objective, tx, params, opt_state, learning_rate, axis_name)
+
+
+def first_member_q(critic: QEnsemble, params: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
+    """Q of ensemble member 0 only, without evaluating the other members."""
+    member = jax.tree.map(lambda p: p[0], params["params"]["VmapMLP_0"])
+    x = jnp.concatenate([flatten_obs(obs, critic.obs_ndim), action.astype(jnp.float32)], axis=-1)
+    return MLP(critic.hidden, critic.activation, 1).apply({"params": member}, x)[..., 0]
+
+
+# ---- state and init -----------------------------------------------------------------
+
+@struct.dataclass
+class DeterministicACState:
+    """A deterministic actor, a critic ensemble, target copies of both, their optimizer states."""
+
+    actor_params: dict
+    critic_params: dict
+    actor_target: dict
+    critic_target: dict
+    actor_opt: tuple
+    critic_opt: tuple
+    hparams: Any
+    step: jax.Array  # gradient updates done so far
+
+    shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
+
+
+def make_critic(config: Any, spec: EnvSpec, num_members: int) -> QEnsemble:
+    return QEnsemble(num_members, config.critic_hidden, config.activation, len(spec.obs_shape))
+
+
+def init_actor_critic(key: jax.Array, actor: Any, critic: QEnsemble, spec: EnvSpec) -> tuple[dict, dict]:
+    """Fresh (actor_params, critic_params) from dummy single-sample inputs."""
+    k_actor, k_critic = jax.random.split(key)
+    obs = jnp.zeros((1, *spec.obs_shape), jnp.float32)
+    act = jnp.zeros((1, *spec.action_space.shape), jnp.float32)
+    return actor.init(k_actor, obs), critic.init(k_critic, obs, act)
+
+
+def init_deterministic_state(key: jax.Array, actor: Any, critic: QEnsemble, tx: optax.GradientTransformation,
+                             spec: EnvSpec, hparams: Any) -> DeterministicACState:
+    """Networks, targets equal to the online networks, fresh optimizer states, step 0."""
+    actor_params, critic_params = init_actor_critic(key, actor, critic, spec)
+    return DeterministicACState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        actor_target=actor_params,
+        critic_target=critic_params,
+        actor_opt=tx.init(actor_params),
+        critic_opt=tx.init(critic_params),
+        hparams=hparams,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def deterministic_policy_step(actor: Any, critic: QEnsemble, tx: optax.GradientTransformation,
+                              state: DeterministicACState, critic_params: dict, obs: jax.Array,
+                              axis_name: str | None = None):
+    """Actor step on -mean Q_0(s, π(s)) under the fresh critic, then polyak sync of both targets.
+
+    Returns (actor_params, actor_opt, actor_target, critic_target, actor_loss).
+    Only critic member 0 is evaluated.
+    """
+    hp = state.hparams
+
+    def objective(params):
+        return deterministic_policy_loss(first_member_q(critic, critic_params, obs, actor.apply(params, obs))), None
+
+    actor_params, actor_opt, loss, _ = gradient_step(objective, tx, state.actor_params, state.actor_opt,
+                                                     hp.actor_lr, axis_name)
+    actor_target, critic_target = polyak_update((actor_params, critic_params),
+                                                (state.actor_target, state.critic_target), hp.tau)
+    return actor_params, actor_opt, actor_target, critic_target, loss
+
+
+def deterministic_agent(actor: Any):
+    """(act, explore) for a deterministic actor with Gaussian exploration of scale
+    `state.hparams.exploration_noise`."""
+    def act(state: Any, obs: jax.Array) -> jax.Array:
+        return actor.apply(state.actor_params, obs)
+
+    def explore(state: Any, obs: jax.Array, key: jax.Array, step: jax.Array | None = None) -> jax.Array:
+        del step
+        return gaussian_exploration(act(state, obs), key, state.hparams.exploration_noise)
+
+    return act, explore
