@@ -16,6 +16,8 @@ from angle_jax.envs.base import Box, Env
 
 ALGOS: dict[str, str] = {
     "td3": "angle_jax.algos.td3",
+    "sac": "angle_jax.algos.sac",
+    "ddpg": "angle_jax.algos.ddpg",
     "dqn": "angle_jax.algos.dqn",
     "rainbow": "angle_jax.algos.rainbow",
     "ppo": "angle_jax.algos.ppo",
@@ -25,7 +27,7 @@ ALGOS: dict[str, str] = {
 _ENV_FACTORIES: dict[str, Callable[..., Env]] = {}
 
 # Modules that call `register_env` for the envs this package ships beyond gymnax.
-BUILTIN_ENV_MODULES: list[str] = ["angle_jax.envs.datafeed"]
+BUILTIN_ENV_MODULES: list[str] = ["angle_jax.envs.datafeed", "angle_jax.envs.envpool_adapter"]
 _builtins_loaded = False
 
 

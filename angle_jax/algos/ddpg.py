@@ -1,0 +1,108 @@
+"""DDPG (Lillicrap et al. 2016) as pure functions.
+
+One critic (a `QEnsemble` with a single member), a deterministic actor, target
+copies of both tracked by polyak averaging after every update, Gaussian
+exploration. Ornstein–Uhlenbeck noise is provided as the pure
+`ou_noise_step`; the off-policy loop gives `explore` no state to carry it in,
+so the loop explores with Gaussian noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from angle_jax.algos import actor_critic as ac
+from angle_jax.algos.base import Algorithm, Transition, direction_optimizer, hparams_from_config
+from angle_jax.envs.base import EnvSpec
+from angle_jax.networks.mlp import DeterministicActor
+
+ACTION_KIND = "continuous"
+
+DDPGState = ac.DeterministicACState
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(ac.ActorCriticConfig):
+    """DDPG settings. Sizes and flags are static; the floats become traced `DDPGHParams`."""
+
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    exploration_noise: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        ac.require(self, non_negative=("exploration_noise",))
+
+
+@struct.dataclass
+class DDPGHParams:
+    """Numeric hyperparameters, traced: sweepable with vmap, differentiable by meta-gradients."""
+
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    exploration_noise: jax.Array
+
+
+# ---- named pieces -------------------------------------------------------------
+
+def q_target(next_q: jax.Array, reward: jax.Array, terminated: jax.Array, gamma: jax.Array) -> jax.Array:
+    """r + γ (1 - terminated) Q'(s', μ'(s')). next_q: [1, batch] (the single critic member)."""
+    chex.assert_shape(next_q, (1, reward.shape[0]))
+    return ac.bellman_target(next_q[0], reward, terminated, gamma)
+
+
+def ou_noise_step(noise: jax.Array, key: jax.Array, theta: jax.Array, sigma: jax.Array,
+                  dt: jax.Array = 1.0) -> jax.Array:
+    """One Euler–Maruyama step of the Ornstein–Uhlenbeck process dx = −θ x dt + σ dW.
+
+    `noise` has any shape (e.g. `[num_envs, action_dim]`); its stationary standard
+    deviation is σ / sqrt(2θ) (for small θ dt). Reset it to zeros at episode starts.
+    """
+    return noise - theta * noise * dt + sigma * jnp.sqrt(dt) * jax.random.normal(key, noise.shape)
+
+
+def ou_exploration(action: jax.Array, noise: jax.Array) -> jax.Array:
+    """Action plus the current OU noise, clipped to [-1, 1]."""
+    chex.assert_equal_shape([action, noise])
+    return jnp.clip(action + noise, -1.0, 1.0)
+
+
+# ---- composition --------------------------------------------------------------
+
+def networks(config: Config, spec: EnvSpec):
+    actor = DeterministicActor(spec.action_dim, config.actor_hidden, config.activation, len(spec.obs_shape))
+    return actor, ac.make_critic(config, spec, 1)
+
+
+def make(config: Config, spec: EnvSpec) -> Algorithm:
+    """DDPG for a continuous-action env whose actions live in [-1, 1]."""
+    ac.require_continuous("ddpg", spec)
+    config.validate()
+    actor, critic = networks(config, spec)
+    tx = direction_optimizer(config.max_grad_norm)
+    act, explore = ac.deterministic_agent(actor)
+
+    def init(key: jax.Array, spec_: EnvSpec = spec) -> DDPGState:
+        return ac.init_deterministic_state(key, actor, critic, tx, spec_, hparams_from_config(DDPGHParams, config))
+
+    def update(state: DDPGState, batch: Transition, key: jax.Array):
+        del key
+        hp = state.hparams
+        next_q = critic.apply(state.critic_target, batch.next_obs, actor.apply(state.actor_target, batch.next_obs))
+        target = q_target(next_q, batch.reward, batch.terminated, hp.gamma)
+        critic_params, critic_opt, c_loss, q = ac.critic_step(
+            critic, tx, state.critic_params, state.critic_opt, batch.obs, batch.action, target, hp.critic_lr,
+            config.axis_name)
+        actor_params, actor_opt, actor_target, critic_target, a_loss = ac.deterministic_policy_step(
+            actor, critic, tx, state, critic_params, batch.obs, config.axis_name)
+        new_state = DDPGState(actor_params, critic_params, actor_target, critic_target,
+                              actor_opt, critic_opt, hp, state.step + 1)
+        return new_state, {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(q)}
+
+    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy")
