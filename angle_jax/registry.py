@@ -27,7 +27,7 @@ ALGOS: dict[str, str] = {
 _ENV_FACTORIES: dict[str, Callable[..., Env]] = {}
 
 # Modules that call `register_env` for the envs this package ships beyond gymnax.
-BUILTIN_ENV_MODULES: list[str] = ["angle_jax.envs.datafeed"]
+BUILTIN_ENV_MODULES: list[str] = ["angle_jax.envs.datafeed", "angle_jax.envs.envpool_adapter"]
 _builtins_loaded = False
 
 
