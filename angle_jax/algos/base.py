@@ -6,6 +6,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from flax import struct
 
 
@@ -55,6 +56,26 @@ def polyak_update(online: Any, target: Any, tau: jax.Array) -> Any:
     return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
+def flattened(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Run `tx` on one flat vector of all parameters instead of leaf by leaf.
+
+    Small networks have many small leaves; one vector turns a dozen tiny
+    elementwise kernels per optimizer step into one, which is measurably cheaper
+    on CPU and no worse on accelerators.
+    """
+
+    def init(params):
+        return tx.init(ravel_pytree(params)[0])
+
+    def update(grads, state, params=None):
+        flat_grads, unravel = ravel_pytree(grads)
+        flat_params = None if params is None else ravel_pytree(params)[0]
+        direction, state = tx.update(flat_grads, state, flat_params)
+        return unravel(direction), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def direction_optimizer(max_grad_norm: float = 0.0, eps: float = 1e-8) -> optax.GradientTransformation:
     """Adam's direction without a learning rate; the step size is applied by
     `apply_gradients` from a traced hyperparameter, so it can be swept or meta-learned."""
@@ -62,7 +83,7 @@ def direction_optimizer(max_grad_norm: float = 0.0, eps: float = 1e-8) -> optax.
     if max_grad_norm and max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
     parts.append(optax.scale_by_adam(eps=eps))
-    return optax.chain(*parts)
+    return flattened(optax.chain(*parts))
 
 
 def apply_gradients(tx: optax.GradientTransformation, params: Any, opt_state: Any,
