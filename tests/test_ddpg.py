@@ -96,15 +96,16 @@ def test_every_update_moves_actor_critic_and_both_targets():
     assert int(state.step) == 3
 
 
-def test_act_is_deterministic_and_explore_stays_in_bounds():
-    algo = ddpg.make(SMALL, SPEC)
+def test_act_is_the_actor_and_explore_adds_gaussian_noise_of_the_configured_scale():
+    algo = ddpg.make(ddpg.Config(actor_hidden=(8,), critic_hidden=(8,), exploration_noise=0.05), SPEC)
     state = algo.init(jax.random.PRNGKey(0), SPEC)
-    obs = jax.random.normal(jax.random.PRNGKey(1), (64, 3))
-    np.testing.assert_array_equal(algo.act(state, obs), algo.act(state, obs))
-    state = state.replace(hparams=state.hparams.replace(exploration_noise=jnp.float32(5.0)))
-    a = algo.explore(state, obs, jax.random.PRNGKey(2), 0)
-    assert a.shape == (64, 1) and float(jnp.abs(a).max()) <= 1.0
-    assert not np.array_equal(a, algo.act(state, obs))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4096, 3))
+    greedy = algo.act(state, obs)
+    np.testing.assert_array_equal(greedy, ddpg.networks(SMALL, SPEC)[0].apply(state.actor_params, obs))
+    noise = np.asarray(algo.explore(state, obs, jax.random.PRNGKey(2), 0) - greedy)
+    inside = np.abs(np.asarray(greedy)) < 0.8  # away from the clipping bounds
+    np.testing.assert_allclose(noise[inside].std(), 0.05, rtol=0.05)
+    assert abs(noise[inside].mean()) < 0.005
 
 
 def test_refuses_discrete_env_and_bad_config():

@@ -163,11 +163,11 @@ def test_sac_improves_pendulum_on_small_budget():
     loop = OffPolicyLoop(num_envs=1, capacity_per_env=10_000, batch_size=64, learning_starts_iters=500,
                          train_frequency=1, gradient_steps=1)
     train = make_train(sac.make(cfg, env.spec), env, loop, eval_env)
-    carry = jax.jit(train.init)(jax.random.PRNGKey(3))
+    key, eval_key = jax.random.PRNGKey(3), jax.random.PRNGKey(7)
     evaluate = jax.jit(train.evaluate)
-    before = float(evaluate(carry.agent, jax.random.PRNGKey(7)).mean())
-    carry, logs = jax.jit(lambda c: train.run(c, 4000))(carry)
-    after = float(evaluate(carry.agent, jax.random.PRNGKey(7)).mean())
+    before = float(evaluate(jax.jit(train.init)(key).agent, eval_key).mean())
+    carry, logs = jax.jit(train.train, static_argnums=1)(key, 4000)
+    after = float(evaluate(carry.agent, eval_key).mean())
     assert int(carry.iteration) == 4000 and float(logs["episodes"]) == 20
     # A random-init policy scores about -1200 to -1500; a learning SAC is near -200 by now.
     assert after > before + 500 and after > -400, (before, after)

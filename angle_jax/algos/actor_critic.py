@@ -9,7 +9,7 @@ algorithm module composes them and adds only what makes it different.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from angle_jax.algos.base import apply_gradients, maybe_pmean, polyak_update
+from angle_jax.algos.base import (apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean,
+                                  polyak_update)
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import MLP, QEnsemble, flatten_obs
 
@@ -67,6 +68,14 @@ def require(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str
 def require_continuous(algo_name: str, spec: EnvSpec) -> None:
     if spec.discrete:
         raise ValueError(f"{algo_name} needs continuous actions; {spec.name} has {spec.action_space.n} discrete actions")
+
+
+def build(algo_name: str, config: Any, spec: EnvSpec, networks: Callable) -> tuple[Any, QEnsemble, Any]:
+    """Check env and config, then (actor, critic, optimizer direction) for `make`."""
+    require_continuous(algo_name, spec)
+    config.validate()
+    actor, critic = networks(config, spec)
+    return actor, critic, direction_optimizer(config.max_grad_norm)
 
 
 # ---- targets and losses ---------------------------------------------------------------
@@ -209,3 +218,26 @@ def deterministic_agent(actor: Any):
         return gaussian_exploration(act(state, obs), key, state.hparams.exploration_noise)
 
     return act, explore
+
+
+class DeterministicParts(NamedTuple):
+    """What TD3 and DDPG share before their `update`."""
+
+    actor: Any
+    critic: QEnsemble
+    tx: optax.GradientTransformation
+    init: Callable[..., DeterministicACState]
+    act: Callable[..., jax.Array]
+    explore: Callable[..., jax.Array]
+
+
+def deterministic_parts(algo_name: str, config: Any, spec: EnvSpec, networks: Callable,
+                        hparams_cls: type) -> DeterministicParts:
+    """Networks, optimizer, `init` (hyperparameters from `hparams_cls`'s config fields) and the agent."""
+    actor, critic, tx = build(algo_name, config, spec, networks)
+    act, explore = deterministic_agent(actor)
+
+    def init(key: jax.Array, spec_: EnvSpec = spec) -> DeterministicACState:
+        return init_deterministic_state(key, actor, critic, tx, spec_, hparams_from_config(hparams_cls, config))
+
+    return DeterministicParts(actor, critic, tx, init, act, explore)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos import actor_critic as ac
-from angle_jax.algos.base import Algorithm, Transition, direction_optimizer, hparams_from_config
+from angle_jax.algos.base import Algorithm, Transition
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import DeterministicActor
 
@@ -82,14 +82,7 @@ def networks(config: Config, spec: EnvSpec):
 
 def make(config: Config, spec: EnvSpec) -> Algorithm:
     """DDPG for a continuous-action env whose actions live in [-1, 1]."""
-    ac.require_continuous("ddpg", spec)
-    config.validate()
-    actor, critic = networks(config, spec)
-    tx = direction_optimizer(config.max_grad_norm)
-    act, explore = ac.deterministic_agent(actor)
-
-    def init(key: jax.Array, spec_: EnvSpec = spec) -> DDPGState:
-        return ac.init_deterministic_state(key, actor, critic, tx, spec_, hparams_from_config(DDPGHParams, config))
+    actor, critic, tx, init, act, explore = ac.deterministic_parts("ddpg", config, spec, networks, DDPGHParams)
 
     def update(state: DDPGState, batch: Transition, key: jax.Array):
         del key

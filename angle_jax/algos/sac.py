@@ -144,10 +144,7 @@ def networks(config: Config, spec: EnvSpec):
 
 def make(config: Config, spec: EnvSpec) -> Algorithm:
     """SAC for a continuous-action env whose actions live in [-1, 1]."""
-    ac.require_continuous("sac", spec)
-    config.validate()
-    actor, critic = networks(config, spec)
-    tx = direction_optimizer(config.max_grad_norm)
+    actor, critic, tx = ac.build("sac", config, spec, networks)
     alpha_tx = direction_optimizer()
     target_entropy = default_target_entropy(spec) if config.target_entropy is None else config.target_entropy
     hparams = hparams_from_config(SACHParams, dataclasses.replace(config, target_entropy=target_entropy))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos import actor_critic as ac
-from angle_jax.algos.base import Algorithm, Transition, direction_optimizer, hparams_from_config
+from angle_jax.algos.base import Algorithm, Transition
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import DeterministicActor
 
@@ -85,14 +85,7 @@ def networks(config: Config, spec: EnvSpec):
 
 def make(config: Config, spec: EnvSpec) -> Algorithm:
     """TD3 for a continuous-action env whose actions live in [-1, 1]."""
-    ac.require_continuous("td3", spec)
-    config.validate()
-    actor, critic = networks(config, spec)
-    tx = direction_optimizer(config.max_grad_norm)
-    act, explore = ac.deterministic_agent(actor)
-
-    def init(key: jax.Array, spec_: EnvSpec = spec) -> TD3State:
-        return ac.init_deterministic_state(key, actor, critic, tx, spec_, hparams_from_config(TD3HParams, config))
+    actor, critic, tx, init, act, explore = ac.deterministic_parts("td3", config, spec, networks, TD3HParams)
 
     def update(state: TD3State, batch: Transition, key: jax.Array):
         hp = state.hparams
