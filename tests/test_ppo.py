@@ -210,7 +210,7 @@ def test_discrete_act_is_argmax_and_minatar_cnn_casts_uint8():
     params, logits, values, greedy = run(jax.random.PRNGKey(0), obs)
     assert logits.shape == (2, spec.action_dim) and values.shape == (2,)
     np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
-    assert "Conv_0" in params["params"]["actor_torso"]
+    assert "Conv_0" in params["params"]["actor_torso"]["MinAtarTorso_0"]
 
 
 # ---- configuration ------------------------------------------------------------------

@@ -399,6 +399,11 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
         return new_state, metrics
 
     def make_buffer(loop) -> ReplayBuffer:
+        from angle_jax.replay.frames import frame_replay, frame_replay_for
+
+        if not config.prioritized and frame_replay_for(spec.obs_shape, spec.obs_dtype):
+            # Stacked Atari frames: store each frame once and rebuild stacks at sample time.
+            return frame_replay(loop.capacity_per_env, loop.batch_size, config.n_step)
         return buffer_for(config, loop.capacity_per_env, loop.batch_size)
 
     return Algorithm(init=init, update=update, act=act, explore=explore, config=config,

@@ -128,7 +128,7 @@ def validate_common(config, num_envs: int | None = None) -> None:
     if config.activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {config.activation!r}")
     if config.torso not in ("auto", "mlp", "cnn"):
-        raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn', got {config.torso!r}")
+        raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn' (Nature CNN for [4, 84, 84] frames, MinAtar CNN for [10, 10, C] grids), got {config.torso!r}")
     if config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
     if not 0.0 <= config.gamma <= 1.0:

@@ -69,14 +69,34 @@ class MinAtarTorso(nn.Module):
         return x.reshape(*batch_shape, -1)
 
 
+class ImageTorso(nn.Module):
+    """Picks the CNN from the observation's static shape: the Nature CNN for stacked
+    Atari frames `[K, 84, 84]` (channels first, envpool's layout), the small MinAtar CNN
+    for `[10, 10, C]` grids."""
+
+    hidden: Sequence[int] = (128,)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        spatial = obs.shape[-3:]
+        if max(spatial) > 32:
+            from angle_jax.networks.cnn import NatureCNN
+
+            channels_first = spatial[0] < min(spatial[1:])
+            features = self.hidden[0] if self.hidden else 512
+            return NatureCNN(features=features, channels_first=channels_first)(obs)
+        return MinAtarTorso(tuple(self.hidden), self.activation)(obs)
+
+
 def make_torso(kind: str, hidden: Sequence[int], activation: str, obs_ndim: int, name: str | None = None):
     """`kind` is "mlp", "cnn" or "auto" (cnn for image-shaped observations, else mlp)."""
     if kind == "auto":
         kind = "cnn" if obs_ndim == 3 else "mlp"
     if kind == "cnn":
         if obs_ndim != 3:
-            raise ValueError(f"the cnn torso needs [H, W, C] observations, got {obs_ndim} observation axes")
-        return MinAtarTorso(tuple(hidden), activation, name=name)
+            raise ValueError(f"the cnn torso needs [H, W, C] or [K, H, W] observations, got {obs_ndim} axes")
+        return ImageTorso(tuple(hidden), activation, name=name)
     if kind == "mlp":
         return MLPTorso(tuple(hidden), activation, obs_ndim, name=name)
     raise ValueError(f"unknown torso {kind!r}; choose 'mlp', 'cnn' or 'auto'")
