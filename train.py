@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -26,6 +27,17 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set batch_size=128 --set agent.tau=0.01")
+    g = p.add_argument_group("scaling (docs/scaling.md)")
+    g.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="sweep a traced hyperparameter; several --sweep make a grid, trained with the seeds "
+                        "in one compiled program, e.g. --sweep critic_lr=1e-4,3e-4 --sweep tau=0.005,0.01")
+    g.add_argument("--data-parallel", type=int, nargs="?", const=0, metavar="N",
+                   help="split each run into N data-parallel shards (default: one per device)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: address of process 0")
+    g.add_argument("--num-processes", type=int, metavar="N", help="multi-host: number of processes")
+    g.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host: let JAX detect the cluster (SLURM, Open MPI, TPU pod, Kubernetes)")
     return p.parse_args(argv)
 
 
@@ -36,9 +48,12 @@ def resolve_config(args):
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise C.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+        if args.sweep or args.data_parallel is not None:
+            raise C.ConfigError("--sweep and --data-parallel cannot change on --resume (config.yaml keeps them)")
         cli = dict(total_steps=args.total_steps)
         return C.load_config(run_dir / "config.yaml", args.overrides, **cli), run_dir, None
-    cli = dict(algo=args.algo, env=args.env, seeds=args.seeds, seed=args.seed, total_steps=args.total_steps)
+    cli = dict(algo=args.algo, env=args.env, seeds=args.seeds, seed=args.seed, total_steps=args.total_steps,
+               sweep=_sweep_arg(args.sweep), data_parallel=_data_parallel_arg(args.data_parallel))
     config_file, preset = args.config, None
     if config_file is None and not args.no_preset:
         base = C.RunConfig()
@@ -50,21 +65,65 @@ def resolve_config(args):
     return config, run_dir, preset
 
 
+def _sweep_arg(items):
+    """--sweep items -> {name: [values]} (None when not given)."""
+    if not items:
+        return None
+    from angle_jax import parallel
+    from angle_jax.config import ConfigError
+
+    try:
+        return parallel.parse_sweep_items(items)
+    except parallel.SweepError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _data_parallel_arg(value):
+    """--data-parallel N -> N; bare --data-parallel -> one shard per global device."""
+    if value is None:
+        return None
+    if value == 0:
+        import jax
+
+        return jax.device_count()
+    return value
+
+
+def _host_devices_wanted(args) -> int:
+    """Independent units a CPU-only host can spread over cores: runs x shards."""
+    grid = 1
+    for item in args.sweep:
+        grid *= max(1, len([v for v in item.split("=", 1)[-1].split(",") if v.strip()]))
+    shards = args.data_parallel if args.data_parallel else (os.cpu_count() or 1) if args.data_parallel == 0 else 1
+    return (args.seeds or 1) * grid * shards
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.seeds and not args.resume:
+    if not args.resume and (args.seeds or args.sweep or args.data_parallel is not None):
         from angle_jax.devices import split_cpu_for_seeds
 
-        split_cpu_for_seeds(args.seeds)
+        split_cpu_for_seeds(_host_devices_wanted(args))
     from angle_jax import config as C
     from angle_jax.cli import EXIT_DIVERGED, fail
     from angle_jax.registry import UnknownNameError
 
+    multi = args.coordinator or args.num_processes is not None or args.process_id is not None or args.distributed
+    if multi or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        from angle_jax import distributed
+
+        try:
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        except ValueError as e:
+            fail(str(e))
     try:
         config, run_dir, preset = resolve_config(args)
     except (C.ConfigError, UnknownNameError) as e:
         fail(str(e))
-    if not args.resume and run_dir.exists() and (run_dir / "config.yaml").exists():
+    import jax
+
+    is_main = jax.process_index() == 0
+    if is_main and not args.resume and run_dir.exists() and (run_dir / "config.yaml").exists():
         fail(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
 
     from angle_jax.training.trainer import DivergenceError, Trainer
@@ -76,22 +135,32 @@ def main(argv=None) -> int:
 
     from angle_jax import loggers
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    C.save_config(config, run_dir / "config.yaml")
-    (run_dir / "spec.json").write_text(json.dumps(_spec_dict(trainer.env.spec), indent=1))
-    if preset is not None:
-        print(f"config: preset {preset}")
-    print(f"run: {run_dir}  algo={config.algo} env={config.env} seeds={config.seeds} "
-          f"total_steps={config.total_steps:,}", flush=True)
-
     log = []
-    if config.tensorboard:
-        log.append(loggers.TensorBoardLogger(run_dir / "events", config.seeds))
-    log.append(loggers.JsonlLogger(run_dir / "metrics.jsonl"))
-    if config.progress:
-        log.append(loggers.ProgressLogger(config.total_steps * 1))
-    if config.wandb:
-        log.append(loggers.WandbLogger(run_dir, C.to_dict(config), run_dir.name))
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        C.save_config(config, run_dir / "config.yaml")
+        (run_dir / "spec.json").write_text(json.dumps(_spec_dict(trainer.env.spec), indent=1))
+        if preset is not None:
+            print(f"config: preset {preset}")
+        scale = ""
+        if config.sweep:
+            scale += f" sweep={len(trainer.configs)} configs x {config.seeds} seeds = {trainer.runs} runs"
+        if trainer.shards > 1:
+            scale += f" data_parallel={trainer.shards}"
+        if trainer.mesh is not None:
+            scale += f" devices={trainer.mesh.devices.size} (mesh runs x data = {tuple(trainer.mesh.devices.shape)})"
+        print(f"run: {run_dir}  algo={config.algo} env={config.env} seeds={config.seeds} "
+              f"total_steps={config.total_steps:,}{scale}", flush=True)
+        if config.tensorboard:
+            if config.sweep:
+                log.append(RunTensorBoardLogger(run_dir / "events", trainer.labels))
+            else:
+                log.append(loggers.TensorBoardLogger(run_dir / "events", config.seeds))
+        log.append(loggers.JsonlLogger(run_dir / "metrics.jsonl"))
+        if config.progress:
+            log.append(loggers.ProgressLogger(config.total_steps * 1))
+        if config.wandb:
+            log.append(loggers.WandbLogger(run_dir, C.to_dict(config), run_dir.name))
 
     start = time.perf_counter()
     try:
@@ -114,7 +183,10 @@ def main(argv=None) -> int:
     returns = trainer.evaluate()
     from angle_jax import checkpoint as ckpt
 
-    ckpt.save(run_dir / "params.ckpt", trainer.carry.agent, {"step": trainer.step, "algo": config.algo})
+    agent = trainer.agent_params()
+    if not is_main:
+        return 0
+    ckpt.save(run_dir / "params.ckpt", agent, {"step": trainer.step, "algo": config.algo})
     train_s = max(wall - trainer.compile_s, 1e-9)
     summary = {
         "algo": config.algo, "env": config.env, "seeds": config.seeds, "seed": config.seed,
@@ -124,17 +196,58 @@ def main(argv=None) -> int:
         "eval_episodes": config.eval_episodes,
         "compile_s": round(trainer.compile_s, 3), "train_s": round(train_s, 3), "wall_s": round(wall, 3),
         "steps_per_s": round(trainer.step / train_s, 1),
-        "agent_steps_per_s": round(trainer.step * config.seeds / train_s, 1),
+        "agent_steps_per_s": round(trainer.step * trainer.runs / train_s, 1),
+        "data_parallel": trainer.shards,
+        "devices": 1 if trainer.mesh is None else int(trainer.mesh.devices.size),
+        "processes": jax.process_count(),
     }
+    if config.sweep:
+        from angle_jax import parallel
+
+        summary["runs"] = trainer.labels
+        summary["sweep"] = parallel.sweep_results(trainer.configs, config.seeds, config.seed, returns)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for lg in log:
         lg.close()
     per_seed = ", ".join(f"{r:.1f}" for r in summary["final_eval_return_per_seed"])
     print(f"final eval ({config.eval_episodes} episodes/seed, deterministic): "
           f"mean {summary['final_eval_return_mean']:.2f}  per seed [{per_seed}]")
+    if config.sweep:
+        from angle_jax import parallel
+
+        print(f"sweep ({len(trainer.configs)} configs x {config.seeds} seeds, final eval return):")
+        print(parallel.format_table(summary["sweep"], list(config.sweep)))
     print(f"compile {summary['compile_s']:.1f}s  train {summary['train_s']:.1f}s  "
           f"{summary['steps_per_s']:,.0f} steps/s  -> {run_dir}/summary.json")
     return 0
+
+
+class RunTensorBoardLogger:
+    """TensorBoard for a sweep: `train/` and `eval/` means over all runs, `run_<i>/` for each
+    run, and a text entry naming each run's hyperparameter values and seed."""
+
+    def __init__(self, log_dir, labels: list[str]):
+        from angle_jax import loggers
+
+        self.base = loggers.TensorBoardLogger(log_dir, 1)
+        self.writer = self.base.writer
+        self.writer.add_text("runs", "\n\n".join(labels), 0)
+
+    def log(self, log_data: dict) -> None:
+        import math
+
+        self.base.log(log_data)
+        step = int(log_data["step"])
+        for k, values in log_data.get("per_seed", {}).items():
+            for i, v in enumerate(values):
+                if math.isfinite(v):
+                    self.writer.add_scalar(f"run_{i}/{k}", v, step)
+        for i, v in enumerate(log_data.get("eval_return_per_seed", [])):
+            self.writer.add_scalar(f"run_{i}/eval_return", v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.base.close()
 
 
 def _spec_dict(spec) -> dict:

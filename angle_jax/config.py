@@ -61,6 +61,8 @@ class RunConfig:
     tensorboard: bool = True
     wandb: bool = False
     progress: bool = True
+    sweep: dict = dataclasses.field(default_factory=dict)  # traced hparam name -> values, vmapped in one compile
+    data_parallel: int = 1  # shards of each run (envs, batch, replay split; gradients averaged)
     agent: Any = None
 
     def validate(self) -> None:
@@ -73,6 +75,7 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         module = registry.load_algo(self.algo)
+        self._validate_scale(getattr(module, "LOOP", "off_policy") == "on_policy")
         if getattr(module, "LOOP", "off_policy") == "off_policy":
             if self.buffer_size < self.num_envs:
                 raise ConfigError(f"buffer_size ({self.buffer_size}) must be at least num_envs ({self.num_envs})")
@@ -90,6 +93,24 @@ class RunConfig:
                 raise
             except ValueError as e:
                 raise ConfigError(f"agent.{e}") from None
+
+
+    def _validate_scale(self, on_policy: bool) -> None:
+        """Sweep values and data-parallel divisibility (names are checked against the
+        algorithm's traced hparams by the Trainer, still before any compile)."""
+        from angle_jax import parallel
+
+        try:
+            parallel.normalize_sweep(self.sweep)
+        except parallel.SweepError as e:
+            raise ConfigError(str(e)) from None
+        if self.data_parallel < 1:
+            raise ConfigError(f"data_parallel must be >= 1, got {self.data_parallel}")
+        if self.data_parallel > 1:
+            try:
+                parallel.check_data_parallel(self, self.data_parallel, on_policy)
+            except parallel.SweepError as e:
+                raise ConfigError(str(e)) from None
 
 
 # ---- typed coercion -------------------------------------------------------------
@@ -260,13 +281,22 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     agent = _build(module.Config, agent_values, "agent.")
     run = _build(RunConfig, data)
     import_modules(run.imports)
-    run = dataclasses.replace(run, agent=agent)
+    run = dataclasses.replace(run, agent=agent, sweep=_normalized_sweep(run.sweep))
     try:
         registry.check_env_name(run.env)
     except registry.UnknownNameError as e:
         raise ConfigError(str(e)) from None
     run.validate()
     return run
+
+
+def _normalized_sweep(sweep: dict) -> dict:
+    from angle_jax import parallel
+
+    try:
+        return parallel.normalize_sweep(sweep)
+    except parallel.SweepError as e:
+        raise ConfigError(str(e)) from None
 
 
 def import_modules(names) -> None:

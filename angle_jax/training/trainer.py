@@ -6,9 +6,14 @@ nothing in here runs inside the compiled step.
     for log_data in trainer():
         ...
 
-Seeds are vmapped (seed i of a run uses `PRNGKey(config.seed + i)`, so it
-equals a single-seed run with `--seed config.seed + i`); with several local
-devices the seed axis is sharded over them.
+Runs are vmapped along one axis: `runs = sweep configs x seeds`, run
+`r = g * seeds + s` uses sweep config `g` (values written into the agent's
+traced `hparams`) and `PRNGKey(config.seed + s)`, so a one-config run with
+seed i equals a single-seed run with `--seed config.seed + i`. With
+`data_parallel = D > 1` every run is D shards (`[runs, D, ...]`, vmapped with
+`axis_name="data"`, gradients averaged over it). Both axes are sharded over
+the global devices (all hosts after `jax.distributed.initialize`); process 0
+writes checkpoints.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from angle_jax import checkpoint as ckpt
+from angle_jax import parallel
 from angle_jax import registry
 from angle_jax.config import ConfigError, RunConfig
 from angle_jax.training.axes import seed_axes
@@ -43,10 +49,20 @@ def env_steps_per_iteration(train) -> int:
 
 
 def build_components(config: RunConfig):
-    """Env, eval env, algorithm and loop functions for a run config (no compile)."""
+    """Env, eval env, algorithm and loop functions for a run config (no compile).
+
+    With `config.data_parallel = D > 1` they are those of one shard: num_envs,
+    batch, replay and warm-up divided by D, gradients averaged over "data"."""
     module = registry.load_algo(config.algo)
+    shards = getattr(config, "data_parallel", 1)
+    try:
+        parallel.check_data_parallel(config, shards, getattr(module, "LOOP", "off_policy") == "on_policy")
+    except parallel.SweepError as e:
+        raise ConfigError(str(e)) from None
+    eval_episodes = config.eval_episodes
+    config = parallel.shard_config(config, shards)
     env = registry.make_env(config.env, config.num_envs, **config.env_kwargs)
-    eval_env = registry.make_env(config.env, config.eval_episodes, **config.env_kwargs)
+    eval_env = registry.make_env(config.env, eval_episodes, **config.env_kwargs)
     kind = getattr(module, "ACTION_KIND", "both")
     if kind == "continuous" and env.spec.discrete:
         raise ConfigError(f"{config.algo} needs continuous actions, but {config.env} has "
@@ -88,26 +104,44 @@ class Trainer:
     """Drives a run in compiled chunks of `log_interval` env steps.
 
     `carry` holds the whole batched training state between chunks; `checkpoints`
-    (when a run dir is given) saves and restores it.
+    (when a run dir is given) saves and restores it. `devices` (default: all
+    global devices) are the ones the run and shard axes are spread over.
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-                 warn=print):
+                 warn=print, devices=None):
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.warn = warn
         self.env, self.eval_env, self.algo, self.train = build_components(config)
-        self.steps_per_iter = env_steps_per_iteration(self.train)
+        self.shards = max(1, getattr(config, "data_parallel", 1))
+        self.steps_per_iter = env_steps_per_iteration(self.train) * self.shards
         self.total_iters = max(1, math.ceil(config.total_steps / self.steps_per_iter))
         self.chunk_iters = max(1, min(self.total_iters, config.log_interval // self.steps_per_iter))
-        self.keys = jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(config.seeds)])
-        abstract = jax.eval_shape(self.train.init, self.keys[0])
+        abstract = jax.eval_shape(self.train.init, jax.random.PRNGKey(0))
         self.axes = seed_axes(abstract)
-        self.sharding = self._seed_sharding()
-        self._init = jax.jit(jax.vmap(self.train.init, out_axes=self.axes))
+        try:
+            self.sweep = parallel.normalize_sweep(getattr(config, "sweep", None))
+            parallel.check_sweep(self.sweep, abstract.agent, config)
+        except parallel.SweepError as e:
+            raise ConfigError(str(e)) from None
+        self.configs = parallel.grid(self.sweep)
+        self.runs = len(self.configs) * config.seeds
+        self.keys = parallel.run_keys(config.seed, config.seeds, len(self.configs))
+        self.hparam_values = {n: jnp.asarray(v) for n, v in parallel.run_table(self.configs, config.seeds).items()}
+        self.labels = parallel.run_labels(self.configs, config.seeds, config.seed)
+        self.devices = list(jax.devices() if devices is None else devices)
+        self.mesh = parallel.make_mesh(self.runs, self.shards, self.devices)
+        self._check_hosts()
+        run_abstract = jax.eval_shape(jax.vmap(self._init_run, out_axes=self.axes), self.keys, self.hparam_values)
+        self.shardings = (None if self.mesh is None else
+                          parallel.carry_shardings(self.mesh, self.axes, run_abstract, self.shards))
+        self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
+        self._init = jax.jit(jax.vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
         self._runs: dict[int, Any] = {}
-        self._evaluate = jax.jit(jax.vmap(self.train.evaluate, in_axes=(self.axes.agent, 0)))
-        self._finite = jax.jit(_finite_tree)
+        self._evaluate = jax.jit(jax.vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
+                                 **self._out(self.replicated))
+        self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
         self.compile_s = 0.0
         self.carry = None
         self.iteration = 0
@@ -117,22 +151,64 @@ class Trainer:
             self.checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", config.keep_checkpoints)
         self._resume = resume
 
-    # ---- devices ---------------------------------------------------------------
-    def _seed_sharding(self):
-        devices = jax.local_devices()
-        if len(devices) < 2 or self.config.seeds % len(devices) != 0:
-            return None
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    # ---- one run, as vmapped over runs -------------------------------------------
+    def _init_run(self, key: jax.Array, values: dict) -> Any:
+        """One run's carry (all its shards): shard agents identical, swept hparams written in."""
+        if self.shards == 1:
+            carry = self.train.init(key)
+        else:
+            carry = jax.vmap(self.train.init, out_axes=self.axes)(parallel.shard_keys(key, self.shards))
+            carry = carry.replace(agent=parallel.same_on_all_shards(self.axes.agent, carry.agent))
+        return carry.replace(agent=parallel.set_hparams(carry.agent, values))
 
-        mesh = Mesh(np.array(devices), ("seeds",))
-        return NamedSharding(mesh, P("seeds")), NamedSharding(mesh, P())
+    def _run_run(self, carry: Any, num_iters: int):
+        if self.shards == 1:
+            return self.train.run(carry, num_iters)
+        return jax.vmap(lambda c: self.train.run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0),
+                        axis_name=parallel.SHARD_AXIS)(carry)
+
+    def _run_agent(self, agent: Any) -> Any:
+        """The agent of one run (shard 0: every shard holds the same parameters)."""
+        return agent if self.shards == 1 else parallel.first_shard(self.axes.agent, agent)
+
+    def _evaluate_run(self, agent: Any, key: jax.Array) -> jax.Array:
+        return self.train.evaluate(self._run_agent(agent), key)
+
+    # ---- devices ---------------------------------------------------------------
+    def _check_hosts(self):
+        if jax.process_count() == 1:
+            return
+        used = 0 if self.mesh is None else self.mesh.devices.size
+        if used != len(self.devices):
+            raise ConfigError(f"with {jax.process_count()} processes every device must hold part of the run: "
+                              f"runs ({self.runs}) x data_parallel ({self.shards}) spread over "
+                              f"{len(self.devices)} devices uses only {used}; make data_parallel a multiple "
+                              f"of the device count")
+
+    def _out(self, shardings) -> dict:
+        """`out_shardings` for jit when the run is laid on a mesh, else nothing."""
+        return {} if self.mesh is None else {"out_shardings": shardings}
 
     def _place(self, carry):
-        if self.sharding is None:
-            return carry
-        batched, replicated = self.sharding
-        return jax.tree.map(lambda a, x: jax.device_put(x, replicated if a is None else batched),
-                            self.axes, carry, is_leaf=lambda x: x is None)
+        """Lay a host-side carry out on the mesh (works across processes: each takes its slices)."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, carry)
+        return jax.tree.map(
+            lambda x, sh: jax.make_array_from_callback(np.shape(x), sh, lambda idx, x=x: np.asarray(x)[idx]),
+            carry, self.shardings)
+
+    def to_host(self, tree):
+        """Numpy copy of a (possibly multi-host) sharded tree; a collective, so every process calls it."""
+        leaves = jax.tree.leaves(tree)
+        if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
 
     # ---- compiled pieces -------------------------------------------------------
     def _timed_compile(self, fn, *args):
@@ -143,16 +219,26 @@ class Trainer:
 
     def _run_fn(self, num_iters: int):
         if num_iters not in self._runs:
-            run = jax.vmap(lambda c: self.train.run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
-            self._runs[num_iters] = self._timed_compile(jax.jit(run, donate_argnums=0), self.carry)
+            run = jax.vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
+            out = self._out((self.shardings, self.replicated))
+            self._runs[num_iters] = self._timed_compile(jax.jit(run, donate_argnums=0, **out), self.carry)
         return self._runs[num_iters]
 
     def init_carry(self):
         t0 = time.perf_counter()
-        carry = self._init(self.keys)
+        carry = self._init(self.keys, self.hparam_values)
         jax.block_until_ready(carry)
         self.compile_s += time.perf_counter() - t0
-        return self._place(carry)
+        return carry
+
+    def agent_params(self, carry=None):
+        """The agents of all runs, `[runs, ...]`, on the host (shard 0 of each run)."""
+        carry = self.carry if carry is None else carry
+        agent = carry.agent
+        if self.shards > 1:
+            agent = jax.tree.map(lambda a, x: x if a is None else jax.tree.map(lambda y: y[:, 0], x),
+                                 self.axes.agent, agent, is_leaf=lambda x: x is None)
+        return self.to_host(agent)
 
     # ---- checkpoints -----------------------------------------------------------
     def _checkpoint_tree(self, carry):
@@ -173,13 +259,14 @@ class Trainer:
         carry = self.carry if carry is None else carry
         meta = {"iteration": self.iteration, "step": self.step, "best_eval": self.best_eval,
                 "with_buffer": self._save_buffer(carry)}
-        return self.checkpoints.save(self.step, self._checkpoint_tree(carry), meta)
+        tree = self.to_host(self._checkpoint_tree(carry))
+        return self.checkpoints.save(self.step, tree, meta) if self.is_main else None
 
     def restore(self) -> bool:
         """Load the newest readable checkpoint into `carry`; False when there is none."""
         if self.checkpoints is None:
             return False
-        template = self.init_carry()
+        template = self.to_host(self.init_carry())
         found = None
         for step in reversed(self.checkpoints.all_steps()):
             path = self.checkpoints.path_for(step)
@@ -196,7 +283,7 @@ class Trainer:
         tree, header = found
         if getattr(tree, "buffer", 1) is None:
             tree = tree.replace(buffer=template.buffer)
-        self.carry = self._place(jax.tree.map(jnp.asarray, tree))
+        self.carry = self._place(tree)
         self.iteration = int(header["iteration"])
         self.best_eval = float(header.get("best_eval", -math.inf))
         return True
@@ -207,18 +294,18 @@ class Trainer:
         return self.iteration * self.steps_per_iter
 
     def evaluate(self, carry=None) -> np.ndarray:
-        """Deterministic evaluation returns, shape [seeds, eval_episodes]."""
+        """Deterministic evaluation returns, shape [runs, eval_episodes] (runs = configs x seeds)."""
         carry = self.carry if carry is None else carry
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, self.step))(
-            jnp.stack([jax.random.PRNGKey(10_000 + self.config.seed + i) for i in range(self.config.seeds)]))
-        return np.asarray(self._evaluate(carry.agent, keys))
+        eval_keys = parallel.run_keys(10_000 + self.config.seed, self.config.seeds, len(self.configs))
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, self.step))(eval_keys)
+        return np.asarray(self.to_host(self._evaluate(carry.agent, keys)))
 
     def _check_finite(self, logs: dict):
         for name, values in logs.items():
             v = np.asarray(values, np.float64)
             if np.any(np.isinf(v)):
                 raise DivergenceError(self.step, name)
-        if not bool(self._finite(self.carry.agent)):
+        if not bool(self.to_host(self._finite(self.carry.agent))):
             raise DivergenceError(self.step, "params")
 
     def __call__(self) -> Iterator[dict]:
@@ -233,33 +320,35 @@ class Trainer:
             run = self._run_fn(n)
             t0 = time.perf_counter()
             carry, logs = run(self.carry)
-            logs = jax.device_get(logs)
+            logs = parallel.reduce_shard_logs(self.to_host(logs), self.shards)
             seconds = time.perf_counter() - t0
             prev_step = self.step
             self.carry = carry
             self.iteration += n
             self._check_finite(logs)
-            log_data = summarize(logs, self.config.seeds)
+            log_data = summarize(logs, self.runs)
             log_data.update(step=self.step, chunk_s=seconds,
                             steps_per_s=n * self.steps_per_iter / seconds,
-                            agent_steps_per_s=n * self.steps_per_iter * self.config.seeds / seconds)
+                            agent_steps_per_s=n * self.steps_per_iter * self.runs / seconds)
             if eval_every and (self.step // eval_every > prev_step // eval_every or self.iteration >= self.total_iters):
                 returns = self.evaluate()
                 log_data["eval_return_mean"] = float(returns.mean())
                 log_data["eval_return_per_seed"] = returns.mean(axis=1).tolist()
                 if log_data["eval_return_mean"] > self.best_eval and self.checkpoints is not None:
                     self.best_eval = log_data["eval_return_mean"]
-                    self.checkpoints.save_best(self._checkpoint_tree(self.carry),
-                                               {"iteration": self.iteration, "step": self.step,
-                                                "eval_return_mean": self.best_eval,
-                                                "with_buffer": self._save_buffer(self.carry)})
+                    tree = self.to_host(self._checkpoint_tree(self.carry))
+                    if self.is_main:
+                        self.checkpoints.save_best(tree, {"iteration": self.iteration, "step": self.step,
+                                                          "eval_return_mean": self.best_eval,
+                                                          "with_buffer": self._save_buffer(self.carry)})
             if ckpt_every and self.step // ckpt_every > prev_step // ckpt_every:
                 self.save_checkpoint()
             yield log_data
 
 
 def summarize(logs: dict, seeds: int) -> dict:
-    """Per-chunk logs of shape [seeds] -> scalars (mean over seeds) and per-seed lists."""
+    """Per-chunk logs of shape [runs] -> scalars (mean over runs) and per-run lists
+    (under "per_seed": one entry per run, runs = sweep configs x seeds)."""
     out: dict[str, Any] = {}
     per_seed: dict[str, list] = {}
     for name, values in logs.items():
