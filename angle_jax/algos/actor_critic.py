@@ -81,14 +81,18 @@ def build(algo_name: str, config: Any, spec: EnvSpec, networks: Callable) -> tup
 # ---- targets and losses ---------------------------------------------------------------
 
 def bellman_target(next_value: jax.Array, reward: jax.Array, terminated: jax.Array, gamma: jax.Array) -> jax.Array:
-    """r + γ (1 - terminated) V(s'), held constant (stop-gradient).
+    """r + γ (1 - terminated) V(s').
 
     All arrays are `[batch]`. A truncated step is not terminated, so it still bootstraps.
+    No stop-gradient: callers build the target from target networks outside the
+    differentiated critic loss, so parameters get no gradient through it, while
+    meta-gradients can still flow into γ and the other traced hyperparameters.
+    Code that builds a target inside its own loss applies `stop_gradient` itself.
     """
     chex.assert_rank(next_value, 1)
     chex.assert_equal_shape([next_value, reward, terminated])
     bootstrap = gamma * (1.0 - terminated.astype(jnp.float32))
-    return jax.lax.stop_gradient(reward + bootstrap * next_value)
+    return reward + bootstrap * next_value
 
 
 def ensemble_td_loss(q: jax.Array, target: jax.Array) -> jax.Array:

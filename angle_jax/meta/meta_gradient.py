@@ -171,13 +171,20 @@ def make_meta_gradient(algo: Algorithm, spec: EnvSpec, objective: Objective,
             return inner_objective(algo.update, objective, agent_state, eta_of(raw), train_batch, val_batch, key)
 
         value, grads = jax.value_and_grad(loss)(meta_state.raw)
-        step, opt_state = tx.update(grads, meta_state.opt_state, meta_state.raw)
-        raw = jax.tree.map(lambda r, s: jnp.clip(r + s, -RAW_LIMIT, RAW_LIMIT), meta_state.raw, step)
+        # A non-finite meta-gradient (e.g. a diverging inner step) is skipped, never applied:
+        # η and the meta-optimizer state stay as they were.
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        step, new_opt = tx.update(safe, meta_state.opt_state, meta_state.raw)
+        opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_opt, meta_state.opt_state)
+        raw = jax.tree.map(lambda r, s: jnp.clip(jnp.where(finite, r + s, r), -RAW_LIMIT, RAW_LIMIT),
+                           meta_state.raw, step)
         eta = eta_of(raw)
         agent_state = set_hparams(agent_state, eta)
         metrics = {f"meta/{n}": eta[n] for n in params}
         metrics["meta/objective"] = value
-        metrics["meta/grad_norm"] = optax.tree.norm(grads)
+        metrics["meta/grad_norm"] = optax.tree.norm(safe)
+        metrics["meta/skipped"] = 1.0 - finite.astype(jnp.float32)
         return MetaGradientState(raw, opt_state, meta_state.count + 1), agent_state, metrics
 
     return MetaLearner(init=init, update=update, interval=int(interval))
