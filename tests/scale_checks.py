@@ -104,8 +104,7 @@ def check_dp_update() -> dict:
 def check_dp_train() -> dict:
     """A tiny data-parallel run (4 shards, one per device): shards stay identical, and it
     matches the same 4-shard run on one device."""
-    config = load_config(overrides=TINY + ["num_envs=4", "total_steps=800", "log_interval=800",
-                                           "data_parallel=4", "buffer_size=800"], algo="td3", env="Pendulum-v1")
+    config = dp_config()
     trainer, start, end, logs = train(config, jax.devices())
     _, _, end1, _ = train(config, jax.devices()[:1])
     params = (end.actor_params, end.critic_params, end.actor_target, end.critic_target)
@@ -116,11 +115,48 @@ def check_dp_train() -> dict:
             "all_reduce_in_hlo": "all-reduce" in hlo,
             "mesh": list(trainer.mesh.devices.shape),
             "steps": logs[-1]["step"], "episodes": logs[-1]["episodes"],
-            "export_shape": list(jax.tree.leaves(trainer.agent_params())[0].shape)}
+            "export_shape": list(jax.tree.leaves(trainer.agent_params())[0].shape),
+            "fingerprint": fingerprint(trainer.agent_params()), "eval": trainer.evaluate().tolist()}
+
+
+def dp_config(**extra):
+    over = TINY + ["num_envs=4", "total_steps=800", "log_interval=800", "data_parallel=4", "buffer_size=800"]
+    return load_config(overrides=over + [f"{k}={v}" for k, v in extra.items()], algo="td3", env="Pendulum-v1")
+
+
+def fingerprint(tree) -> list[float]:
+    """Sum of |x| per leaf (float64), to compare a run across processes and layouts."""
+    return [float(np.abs(np.asarray(x, np.float64)).sum()) for x in jax.tree.leaves(tree)]
+
+
+def check_multihost(process_id: int, port: int) -> dict:
+    """One process of a 2-process job on 127.0.0.1 (2 host devices each): a cross-process
+    sum, then the 4-shard data-parallel run of `check_dp_train` laid over both processes."""
+    from angle_jax import distributed
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    info = distributed.initialize(f"127.0.0.1:{port}", 2, process_id, timeout_s=120)
+    mesh = Mesh(np.asarray(jax.devices()), ("d",))
+    ones = jax.make_array_from_callback((jax.device_count(),), NamedSharding(mesh, P("d")),
+                                        lambda idx: np.arange(jax.device_count(), dtype=np.float32)[idx] + 1)
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones)
+    trainer = Trainer(dp_config())
+    list(trainer())
+    agent = trainer.agent_params()
+    returns = trainer.evaluate()
+    out = {"process": info.process_id, "processes": info.num_processes, "global_devices": info.global_devices,
+           "local_devices": info.local_devices, "psum": float(np.asarray(total.addressable_data(0))),
+           "mesh": list(trainer.mesh.devices.shape), "fingerprint": fingerprint(agent),
+           "eval": np.asarray(returns).tolist()}
+    distributed.shutdown()
+    return out
 
 
 CHECKS = {"sharded_sweep": check_sharded_sweep, "dp_update": check_dp_update, "dp_train": check_dp_train}
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["multihost"]:
+        print(json.dumps(check_multihost(int(sys.argv[2]), int(sys.argv[3]))))
+        sys.exit(0)
     names = sys.argv[1:] or list(CHECKS)
     print(json.dumps({name: CHECKS[name]() for name in names}))
