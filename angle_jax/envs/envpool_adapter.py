@@ -157,6 +157,9 @@ def _space(space) -> Discrete | Box:
 class EnvpoolEnv(Env):
     """`num_envs` envpool envs of task `task_id`, one protocol step per call.
 
+    One C++ env pool per instance: the env cannot be vmapped over seeds
+    (`vmappable = False`), and its state is a handle, not data a checkpoint can restore.
+
     backend: "xla" (envpool's FFI calls inside the compiled program), "callback"
     (the whole step as one `io_callback`: works anywhere, slower for cheap envs) or
     "auto" (xla, except float64 envs without `JAX_ENABLE_X64`, which use the callback).
@@ -165,6 +168,8 @@ class EnvpoolEnv(Env):
     The pool is seeded once by `seed`; `reset`'s key is not used (envpool draws its own
     randomness), and one instance cannot be `vmap`ped over seeds.
     """
+
+    vmappable = False
 
     def __init__(self, name: str, num_envs: int, *, seed: int = 0, num_threads: int | None = None,
                  backend: str = "auto", **kwargs):

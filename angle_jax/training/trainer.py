@@ -133,13 +133,17 @@ class Trainer:
         self.devices = list(jax.devices() if devices is None else devices)
         self.mesh = parallel.make_mesh(self.runs, self.shards, self.devices)
         self._check_hosts()
-        run_abstract = jax.eval_shape(jax.vmap(self._init_run, out_axes=self.axes), self.keys, self.hparam_values)
+        self.vmappable = getattr(getattr(self.env, "unwrapped", self.env), "vmappable", True)
+        if not self.vmappable and self.runs * self.shards > 1:
+            raise ConfigError(f"{config.env} runs outside JAX (one env pool per process) and cannot be "
+                              f"vmapped: use seeds=1, no sweep and no data_parallel")
+        run_abstract = jax.eval_shape(self._vmap(self._init_run, out_axes=self.axes), self.keys, self.hparam_values)
         self.shardings = (None if self.mesh is None else
                           parallel.carry_shardings(self.mesh, self.axes, run_abstract, self.shards))
         self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
-        self._init = jax.jit(jax.vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
+        self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
         self._runs: dict[int, Any] = {}
-        self._evaluate = jax.jit(jax.vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
+        self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  **self._out(self.replicated))
         self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
         self.compile_s = 0.0
@@ -152,6 +156,26 @@ class Trainer:
         self._resume = resume
 
     # ---- one run, as vmapped over runs -------------------------------------------
+    def _vmap(self, fn, in_axes=0, out_axes=0):
+        """`jax.vmap` over runs; for an env that cannot be vmapped (one run only), the same
+        batched layout (a leading axis of 1) without vmap, so checkpoints look the same."""
+        if self.vmappable:
+            return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+        def take(axes, tree):
+            return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[0], sub),
+                                axes, tree, is_leaf=lambda x: x is None)
+
+        def put(axes, tree):
+            return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[None], sub),
+                                axes, tree, is_leaf=lambda x: x is None)
+
+        def one(*args):
+            axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+            return put(out_axes, fn(*(take(a, x) for a, x in zip(axes, args))))
+
+        return one
+
     def _init_run(self, key: jax.Array, values: dict) -> Any:
         """One run's carry (all its shards): shard agents identical, swept hparams written in."""
         if self.shards == 1:
@@ -219,7 +243,7 @@ class Trainer:
 
     def _run_fn(self, num_iters: int):
         if num_iters not in self._runs:
-            run = jax.vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
+            run = self._vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
             out = self._out((self.shardings, self.replicated))
             self._runs[num_iters] = self._timed_compile(jax.jit(run, donate_argnums=0, **out), self.carry)
         return self._runs[num_iters]
@@ -283,6 +307,9 @@ class Trainer:
         tree, header = found
         if getattr(tree, "buffer", 1) is None:
             tree = tree.replace(buffer=template.buffer)
+        if not self.vmappable:
+            # An external env's state is a handle into a live process: start fresh episodes.
+            tree = tree.replace(env_state=template.env_state, obs=template.obs)
         self.carry = self._place(tree)
         self.iteration = int(header["iteration"])
         self.best_eval = float(header.get("best_eval", -math.inf))
