@@ -41,7 +41,7 @@ class GymnaxEnv(Env):
         if param_overrides:
             params = params.replace(**param_overrides)
         self.params = params
-        obs, _ = self.gymnax_env.reset_env(jax.random.PRNGKey(0), params)
+        obs, _ = jax.eval_shape(lambda: self.gymnax_env.reset_env(jax.random.PRNGKey(0), params))
         binary = obs.dtype == jnp.bool_ or name.endswith("-MinAtar")  # MinAtar grids are 0/1
         obs_dtype = jnp.uint8 if binary else jnp.float32
         self._obs_dtype = obs_dtype

@@ -30,7 +30,7 @@ import numpy as np
 
 from angle_jax import checkpoint as ckpt
 from angle_jax import parallel
-from angle_jax import registry
+from angle_jax import registry, xla_cpu
 from angle_jax.config import ConfigError, RunConfig
 from angle_jax.training.axes import seed_axes
 
@@ -110,6 +110,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
                  warn=print, devices=None):
+        started = time.perf_counter()
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.warn = warn
@@ -142,11 +143,13 @@ class Trainer:
                           parallel.carry_shardings(self.mesh, self.axes, run_abstract, self.shards))
         self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
         self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
+        self._init_compiled = None
         self._runs: dict[int, Any] = {}
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  **self._out(self.replicated))
         self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
-        self.compile_s = 0.0
+        # Seconds spent before training proper: building, tracing and compiling (init, chunks).
+        self.compile_s = time.perf_counter() - started
         self.carry = None
         self.iteration = 0
         self.best_eval = -math.inf
@@ -237,20 +240,39 @@ class Trainer:
     # ---- compiled pieces -------------------------------------------------------
     def _timed_compile(self, fn, *args):
         t0 = time.perf_counter()
-        compiled = fn.lower(*args).compile()
+        with xla_cpu.unrolled_threefry():
+            compiled = fn.lower(*args).compile()
         self.compile_s += time.perf_counter() - t0
         return compiled
 
     def _run_fn(self, num_iters: int):
+        """The compiled chunk `carry -> (carry, logs)`.
+
+        Only the replay buffer is donated (updated in place): it is the part whose
+        size matters, and donating the small loop state as well measured about 2x
+        slower per step on XLA:CPU (jax 0.10.2, TD3 Pendulum, benchmarks/RESULTS.md)."""
         if num_iters not in self._runs:
             run = self._vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
-            out = self._out((self.shardings, self.replicated))
-            self._runs[num_iters] = self._timed_compile(jax.jit(run, donate_argnums=0, **out), self.carry)
+
+            def run_split(big, rest):
+                carry, logs = run(_join_buffer(big, rest))
+                return _split_buffer(carry), logs
+
+            out = self._out((None if self.shardings is None else _split_buffer(self.shardings), self.replicated))
+            compiled = self._timed_compile(jax.jit(run_split, donate_argnums=0, **out), *_split_buffer(self.carry))
+
+            def chunk(carry, compiled=compiled):
+                (big, rest), logs = compiled(*_split_buffer(carry))
+                return _join_buffer(big, rest), logs
+
+            self._runs[num_iters] = chunk
         return self._runs[num_iters]
 
     def init_carry(self):
         t0 = time.perf_counter()
-        carry = self._init(self.keys, self.hparam_values)
+        if self._init_compiled is None:
+            self._init_compiled = self._init.lower(self.keys, self.hparam_values).compile(xla_cpu.run_once_options())
+        carry = self._init_compiled(self.keys, self.hparam_values)
         jax.block_until_ready(carry)
         self.compile_s += time.perf_counter() - t0
         return carry
@@ -325,7 +347,9 @@ class Trainer:
         carry = self.carry if carry is None else carry
         eval_keys = parallel.run_keys(10_000 + self.config.seed, self.config.seeds, len(self.configs))
         keys = jax.vmap(lambda k: jax.random.fold_in(k, self.step))(eval_keys)
-        return np.asarray(self.to_host(self._evaluate(carry.agent, keys)))
+        with xla_cpu.unrolled_threefry():
+            returns = self._evaluate(carry.agent, keys)
+        return np.asarray(self.to_host(returns))
 
     def _check_finite(self, logs: dict):
         for name, values in logs.items():
@@ -371,6 +395,17 @@ class Trainer:
             if ckpt_every and self.step // ckpt_every > prev_step // ckpt_every:
                 self.save_checkpoint()
             yield log_data
+
+
+def _split_buffer(carry):
+    """(replay buffer, rest of the carry); (None, carry) when the loop has no buffer."""
+    if getattr(carry, "buffer", None) is None:
+        return None, carry
+    return carry.buffer, carry.replace(buffer=None)
+
+
+def _join_buffer(buffer, rest):
+    return rest if buffer is None else rest.replace(buffer=buffer)
 
 
 def summarize(logs: dict, seeds: int) -> dict:
