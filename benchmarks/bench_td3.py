@@ -93,7 +93,7 @@ def target(args):
 def learn(args):
     steps = args.steps or 50_000
     trainer, wall, returns, _, _ = run([f"log_interval={steps // 10}", "progress=false", "tensorboard=false",
-                                        "eval_interval=0", "eval_episodes=20"], args.seeds, steps, preset=True)
+                                        "eval_interval=0", f"eval_episodes={args.eval_episodes}"], args.seeds, steps, preset=True)
     per_seed = returns.mean(axis=1)
     return {"bench": "td3_learning", "config": "configs/td3_pendulum.yaml", "seeds": args.seeds,
             "total_steps": steps, "final_eval_return_mean": round(float(per_seed.mean()), 1),
@@ -108,6 +108,8 @@ def main():
     p.add_argument("--devices", type=int, default=1, help="XLA host devices to shard seeds over (CPU)")
     p.add_argument("--steps", type=int)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eval-episodes", type=int, default=100,
+                   help="learn: final deterministic episodes per seed (Pendulum returns depend strongly on the start state)")
     args = p.parse_args()
     if args.what == "all":
         for extra in (["speed", "--seeds", "1"], ["speed", "--seeds", "8"],

@@ -167,7 +167,7 @@ def test_torso_selection_and_nature_cnn():
     obs = jax.ShapeDtypeStruct((2, 4, 84, 84), jnp.uint8)
     params = jax.eval_shape(net.init, jax.random.PRNGKey(0), obs)
     assert jax.eval_shape(net.apply, params, obs).shape == (2, 6)
-    assert params["params"]["NatureTorso_0"]["Conv_0"]["kernel"].shape == (8, 8, 4, 32)
+    assert params["params"]["NatureCNN_0"]["Conv_0"]["kernel"].shape == (8, 8, 4, 32)
 
 
 def test_act_is_deterministic_and_explore_is_noisy():

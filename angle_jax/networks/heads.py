@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from angle_jax.networks.cnn import Conv, NatureCNN
 from angle_jax.networks.mlp import activation as get_activation
 from angle_jax.networks.mlp import flatten_obs
 
@@ -192,27 +193,9 @@ class MinAtarTorso(nn.Module):
     @nn.compact
     def __call__(self, obs):
         x = obs.astype(jnp.float32)
-        x = nn.relu(nn.Conv(self.channels, (3, 3), strides=(1, 1), padding="VALID")(x))
-        return x.reshape(*x.shape[:-3], -1)
-
-
-class NatureTorso(nn.Module):
-    """The Nature DQN CNN (Mnih et al. 2015) on uint8 frames, scaled to [0, 1] inside.
-
-    `channels_first` accepts `[..., C, H, W]` stacks (envpool's layout).
-    """
-
-    channels_first: bool = False
-
-    @nn.compact
-    def __call__(self, obs):
-        x = obs.astype(jnp.float32) / 255.0
-        if self.channels_first:
-            x = jnp.moveaxis(x, -3, -1)
-        x = nn.relu(nn.Conv(32, (8, 8), strides=(4, 4), padding="VALID")(x))
-        x = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding="VALID")(x))
-        x = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(x))
-        return x.reshape(*x.shape[:-3], -1)
+        batch_shape = x.shape[:-3]
+        x = nn.relu(Conv(self.channels, 3)(x.reshape(-1, *x.shape[-3:])))
+        return x.reshape(*batch_shape, -1)
 
 
 def resolve_torso(torso: str, obs_shape: tuple[int, ...]) -> tuple[str, bool]:
@@ -260,7 +243,8 @@ class QNetwork(nn.Module):
         if self.torso == "minatar":
             x = MinAtarTorso()(obs)
         elif self.torso == "nature":
-            x = NatureTorso(self.channels_first)(obs)
+            # The Nature DQN CNN without its dense layer (the head follows), flax's default init.
+            x = NatureCNN(None, self.channels_first, nn.initializers.lecun_normal())(obs)
         else:
             x = VectorTorso(self.obs_ndim)(obs)
         head_args = dict(hidden=self.hidden, noisy=self.noisy, sigma0=self.sigma0, activation=self.activation)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from angle_jax.networks.cnn import Conv
 from angle_jax.networks.mlp import activation as get_activation
 
 
@@ -62,7 +63,7 @@ class MinAtarTorso(nn.Module):
         act = get_activation(self.activation)
         batch_shape = obs.shape[:-3]
         x = to_float(obs).reshape(-1, *obs.shape[-3:])
-        x = act(nn.Conv(self.channels, (3, 3), padding="VALID", kernel_init=orthogonal(np.sqrt(2)))(x))
+        x = act(Conv(self.channels, 3, kernel_init=orthogonal(np.sqrt(2)))(x))
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)))(x))
