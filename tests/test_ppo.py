@@ -292,3 +292,13 @@ def test_a2c_loop_runs_and_updates():
     assert all(np.isfinite(logs[k]) for k in ("policy_loss", "value_loss", "entropy"))
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), carry.agent.params, new.agent.params)
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_on_policy_loop_refuses_stateful_exploration():
+    from angle_jax.algos.base import Exploration
+
+    env = registry.make_env("Pendulum-v1", 2)
+    algo = a2c.make(a2c.Config(rollout_length=5, hidden=(8,)), env.spec)
+    algo = algo._replace(exploration=Exploration(init=lambda key, spec: None, explore=None))
+    with pytest.raises(ValueError, match="stateful exploration .* only in the off-policy loop"):
+        on_policy.make_train(algo, env, on_policy.OnPolicyLoop(2, 5, 10))

@@ -22,6 +22,23 @@ class Transition:
     next_obs: jax.Array
 
 
+class Exploration(NamedTuple):
+    """Exploration that carries state from one env step to the next, such as a noise
+    process per env or a schedule. The off-policy loop keeps the state in its carry
+    (batched over seeds like the rest of it).
+
+    init(key, spec) -> explore_state
+    explore(state, explore_state, obs, key, step) -> (action, explore_state)
+    reset(explore_state, done) -> explore_state   restart the envs whose episode just ended
+                                                  (`done`: bool [num_envs], terminated or
+                                                  truncated); None: the state is never reset
+    """
+
+    init: Callable[..., Any]
+    explore: Callable[..., tuple[jax.Array, Any]]
+    reset: Callable[..., Any] | None = None
+
+
 class Algorithm(NamedTuple):
     """An algorithm is a bundle of pure functions, like an optax transformation.
 
@@ -32,6 +49,10 @@ class Algorithm(NamedTuple):
                                               int32 count of env steps so far (for schedules)
     make_buffer(loop) -> ReplayBuffer         optional: the replay this algorithm samples
                                               from (default: uniform replay of Transitions)
+    exploration: Exploration                  optional: stateful exploration; when given, the
+                                              off-policy loop collects with it instead of
+                                              `explore` (which should then act as a freshly
+                                              reset `exploration` would)
 
     For `kind="on_policy"`, `update(state, rollout, key)` takes a whole rollout
     (`training.modules.Rollout`, leaves [T, num_envs, ...]) and `explore` may return
@@ -49,6 +70,16 @@ class Algorithm(NamedTuple):
     config: Any
     kind: str = "off_policy"
     make_buffer: Callable[..., Any] | None = None
+    exploration: Exploration | None = None
+
+
+def where_done(done: jax.Array, fresh: Any, state: Any) -> Any:
+    """`fresh` for the envs where `done` (bool [num_envs]), `state` elsewhere, leaf by leaf;
+    every leaf has the env axis first."""
+    def pick(f, s):
+        return jnp.where(done.reshape(done.shape + (1,) * (s.ndim - done.ndim)), f, s)
+
+    return jax.tree.map(pick, fresh, state)
 
 
 def polyak_update(online: Any, target: Any, tau: jax.Array) -> Any:

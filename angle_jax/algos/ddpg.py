@@ -1,14 +1,17 @@
 """DDPG (Lillicrap et al. 2016) as pure functions.
 
 One critic (a `QEnsemble` with a single member), a deterministic actor, target
-copies of both tracked by polyak averaging after every update, Gaussian
-exploration. Ornstein–Uhlenbeck noise is provided as the pure
-`ou_noise_step`; the off-policy loop gives `explore` no state to carry it in,
-so the loop explores with Gaussian noise.
+copies of both tracked by polyak averaging after every update. Exploration is
+`exploration: gaussian` (independent noise of scale `exploration_noise`) or
+`exploration: ou`, the paper's Ornstein–Uhlenbeck noise: one process per env
+and action dimension (`ou_noise_step`, θ = `ou_theta`, σ = `ou_sigma`, traced
+like the other floats), carried by the off-policy loop as the algorithm's
+`Exploration` state and restarted at 0 in every env whose episode ended.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import chex
 import jax
@@ -16,13 +19,14 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos import actor_critic as ac
-from angle_jax.algos.base import Algorithm, Transition
+from angle_jax.algos.base import Algorithm, Exploration, Transition, where_done
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import DeterministicActor
 
 ACTION_KIND = "continuous"
 
 DDPGState = ac.DeterministicACState
+EXPLORATIONS = ("gaussian", "ou")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +35,20 @@ class Config(ac.ActorCriticConfig):
 
     actor_lr: float = 1e-4
     critic_lr: float = 1e-3
+    exploration: str = "gaussian"  # "gaussian" (scale exploration_noise) or "ou" (ou_theta, ou_sigma)
     exploration_noise: float = 0.1
+    ou_theta: float = 0.15
+    ou_sigma: float = 0.2
 
     def validate(self) -> None:
         super().validate()
-        ac.require(self, non_negative=("exploration_noise",))
+        if self.exploration not in EXPLORATIONS:
+            raise ValueError(f"exploration must be one of {', '.join(map(repr, EXPLORATIONS))}, "
+                             f"got {self.exploration!r}")
+        ac.require(self, non_negative=("exploration_noise", "ou_sigma"))
+        if not 0.0 <= self.ou_theta <= 1.0:
+            raise ValueError(f"ou_theta must be in [0, 1] (with dt = 1 a larger θ overshoots the mean), "
+                             f"got {self.ou_theta}")
 
 
 @struct.dataclass
@@ -47,6 +60,8 @@ class DDPGHParams:
     gamma: jax.Array
     tau: jax.Array
     exploration_noise: jax.Array
+    ou_theta: jax.Array
+    ou_sigma: jax.Array
 
 
 # ---- named pieces -------------------------------------------------------------
@@ -73,6 +88,26 @@ def ou_exploration(action: jax.Array, noise: jax.Array) -> jax.Array:
     return jnp.clip(action + noise, -1.0, 1.0)
 
 
+def ou_noise_reset(noise: jax.Array, done: jax.Array) -> jax.Array:
+    """Restart the processes of the envs whose episode ended (`done`: bool [num_envs]) at 0."""
+    return where_done(done, jnp.zeros_like(noise), noise)
+
+
+def ou_explorer(act: Callable[..., jax.Array], spec: EnvSpec) -> Exploration:
+    """Stateful OU exploration: `act(state, obs)` plus one process per env and action
+    dimension, stepped once per env step with the agent's traced `ou_theta`, `ou_sigma`."""
+    def init(key: jax.Array, spec_: EnvSpec = spec) -> jax.Array:
+        del key
+        return jnp.zeros((spec_.num_envs, spec_.action_dim), jnp.float32)  # the actor's output shape
+
+    def explore(state: DDPGState, noise: jax.Array, obs: jax.Array, key: jax.Array, step=None):
+        del step
+        noise = ou_noise_step(noise, key, state.hparams.ou_theta, state.hparams.ou_sigma)
+        return ou_exploration(act(state, obs), noise), noise
+
+    return Exploration(init=init, explore=explore, reset=ou_noise_reset)
+
+
 # ---- composition --------------------------------------------------------------
 
 def networks(config: Config, spec: EnvSpec):
@@ -83,6 +118,16 @@ def networks(config: Config, spec: EnvSpec):
 def make(config: Config, spec: EnvSpec) -> Algorithm:
     """DDPG for a continuous-action env whose actions live in [-1, 1]."""
     actor, critic, tx, init, act, explore = ac.deterministic_parts("ddpg", config, spec, networks, DDPGHParams)
+    exploration = None
+    if config.exploration == "ou":
+        exploration = ou_explorer(act, spec)
+
+        def explore(state: DDPGState, obs: jax.Array, key: jax.Array, step=None) -> jax.Array:
+            """The first step of a fresh OU process: what a just-reset env explores with."""
+            del step
+            action = act(state, obs)
+            noise = ou_noise_step(jnp.zeros_like(action), key, state.hparams.ou_theta, state.hparams.ou_sigma)
+            return ou_exploration(action, noise)
 
     def update(state: DDPGState, batch: Transition, key: jax.Array):
         del key
@@ -98,4 +143,5 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
                               actor_opt, critic_opt, hp, state.step + 1)
         return new_state, {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(q)}
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy")
+    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy",
+                     exploration=exploration)

@@ -5,6 +5,8 @@
 steps: explore, env step, replay add, and every `train_frequency` steps
 `gradient_steps` x (sample, update)), `evaluate(agent, key)` and
 `train(key)` for the whole budget in one call (the PureJaxRL shape).
+An algorithm with stateful exploration (`Algorithm.exploration`) has its
+state carried along and reset per env when that env's episode ends.
 Everything is written for one seed; `seed_axes` says how to `vmap` a carry
 over seeds while the step counters stay shared.
 """
@@ -71,6 +73,7 @@ class OffPolicyCarry:
     key: jax.Array
     iteration: jax.Array  # vectorised env steps done; shared by all seeds
     meta: Any = None
+    explore: Any = None  # the algorithm's exploration state, when it has one (Algorithm.exploration)
 
     shared_fields = ("iteration",)
 
@@ -158,6 +161,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     else:
         buffer = uniform_replay(loop.capacity_per_env, loop.batch_size)
     feeds_priorities = buffer.update_priorities is not None
+    exploration = algo.exploration
 
     def init(key: jax.Array) -> OffPolicyCarry:
         k_agent, k_env, k_carry = jax.random.split(key, 3)
@@ -170,8 +174,12 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         if meta is not None:
             k_carry, k_meta = jax.random.split(k_carry)
             meta_state = meta.init(k_meta, agent, spec)
+        explore_state = None
+        if exploration is not None:
+            k_carry, k_explore = jax.random.split(k_carry)
+            explore_state = exploration.init(k_explore, spec)
         return OffPolicyCarry(agent, buffer.init(example), env_state, obs, k_carry,
-                              jnp.zeros((), jnp.int32), meta_state)
+                              jnp.zeros((), jnp.int32), meta_state, explore_state)
 
     def learn(agent, buffer_state, key):
         def one(c, k):
@@ -193,13 +201,26 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     def step(carry: OffPolicyCarry, episodes: EpisodeAccumulator, metric_shapes):
         key, k_act, k_env, k_learn = jax.random.split(carry.key, 4)
         warmup = carry.iteration < loop.learning_starts_iters
-        action = jax.lax.cond(
-            warmup,
-            lambda: random_actions(spec, k_act),
-            lambda: algo.explore(carry.agent, carry.obs, k_act, carry.iteration * loop.num_envs).astype(
-                spec.action_space.dtype),
-        )
+        explore_state = carry.explore
+        if exploration is None:
+            action = jax.lax.cond(
+                warmup,
+                lambda: random_actions(spec, k_act),
+                lambda: algo.explore(carry.agent, carry.obs, k_act, carry.iteration * loop.num_envs).astype(
+                    spec.action_space.dtype),
+            )
+        else:
+            def explore_with_state():
+                action, state = exploration.explore(carry.agent, carry.explore, carry.obs, k_act,
+                                                    carry.iteration * loop.num_envs)
+                return action.astype(spec.action_space.dtype), state
+
+            # warm-up acts at random and leaves the exploration state as it is
+            action, explore_state = jax.lax.cond(
+                warmup, lambda: (random_actions(spec, k_act), carry.explore), explore_with_state)
         env_state, ts = env.step(carry.env_state, action, k_env)
+        if exploration is not None and exploration.reset is not None:
+            explore_state = exploration.reset(explore_state, ts.done)
         buffer_state = buffer.add(
             carry.buffer, Transition(carry.obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs))
         should_learn = jnp.logical_and(
@@ -225,7 +246,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
                 do_meta, run_meta,
                 lambda: (carry.meta, agent, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), meta_shapes)))
             metrics = {**metrics, **meta_metrics}
-        carry = OffPolicyCarry(agent, buffer_state, env_state, ts.obs, key, carry.iteration + 1, meta_state)
+        carry = OffPolicyCarry(agent, buffer_state, env_state, ts.obs, key, carry.iteration + 1, meta_state,
+                               explore_state)
         return carry, episodes.add(ts.info), metrics
 
     def run(carry: OffPolicyCarry, num_iters: int) -> tuple[OffPolicyCarry, dict]:

@@ -95,6 +95,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
     spec = env.spec
     if spec.num_envs != loop.num_envs:
         raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
+    if algo.exploration is not None:
+        raise ValueError("stateful exploration (Algorithm.exploration) runs only in the off-policy loop")
     steps_per_iteration = loop.rollout_length * loop.num_envs
     modules = tuple(modules)
 

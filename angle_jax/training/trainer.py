@@ -330,8 +330,12 @@ class Trainer:
         if getattr(tree, "buffer", 1) is None:
             tree = tree.replace(buffer=template.buffer)
         if not self.vmappable:
-            # An external env's state is a handle into a live process: start fresh episodes.
-            tree = tree.replace(env_state=template.env_state, obs=template.obs)
+            # An external env's state is a handle into a live process: start fresh episodes
+            # (and fresh exploration state, which belongs to the episodes).
+            fresh = {"env_state": template.env_state, "obs": template.obs}
+            if hasattr(tree, "explore"):
+                fresh["explore"] = template.explore
+            tree = tree.replace(**fresh)
         self.carry = self._place(tree)
         self.iteration = int(header["iteration"])
         self.best_eval = float(header.get("best_eval", -math.inf))
