@@ -23,6 +23,14 @@ PRESETS: dict[tuple[str, str], str] = {
     ("td3", "Pendulum-v1"): "td3_pendulum.yaml",
     ("sac", "Pendulum-v1"): "sac_pendulum.yaml",
     ("ddpg", "Pendulum-v1"): "ddpg_pendulum.yaml",
+    ("dqn", "CartPole-v1"): "dqn_cartpole.yaml",
+    ("ppo", "CartPole-v1"): "ppo_cartpole.yaml",
+    ("a2c", "CartPole-v1"): "a2c_cartpole.yaml",
+    ("ppo", "Pendulum-v1"): "ppo_pendulum.yaml",
+    ("ppo", "Breakout-MinAtar"): "ppo_minatar.yaml",
+    ("rainbow", "Breakout-MinAtar"): "rainbow_minatar.yaml",
+    ("sac", "HalfCheetah-v4"): "sac_halfcheetah.yaml",
+    ("td3", "HalfCheetah-v4"): "td3_mujoco.yaml",
 }
 
 

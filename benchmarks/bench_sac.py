@@ -2,7 +2,7 @@
 
     python benchmarks/bench_sac.py speed --seeds 1      # rejax-equivalent config: compile s, steps/s, final return
     python benchmarks/bench_sac.py speed --seeds 8      # 8 seeds vmapped in one program
-    python benchmarks/bench_sac.py learn --seeds 8      # configs/sac_pendulum.yaml, final return at 50k steps
+    python benchmarks/bench_sac.py learn --seeds 8 --devices 2   # configs/sac_pendulum.yaml, final return at 50k steps
 
 `speed` uses the settings of rejax's Pendulum SAC config (64x64 swish MLPs, 1 env, buffer 10k,
 256 warm-up steps, batch 256, lr 0.01, gamma 0.99, polyak 0.98 i.e. tau 0.02, one update per
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,13 +58,19 @@ def main():
     p.add_argument("what", choices=["speed", "learn"])
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--devices", type=int, default=1, help="XLA host devices to shard seeds over (CPU)")
+    p.add_argument("--eval-episodes", type=int, default=100,
+                   help="learn: final deterministic episodes per seed (Pendulum returns depend strongly on the start state)")
     args = p.parse_args()
+    if args.devices > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
     if args.what == "speed":
         out = {"bench": "sac_speed", "config": "rejax-equivalent",
                **train_sac(REJAX_EQUIVALENT, args.seeds, args.steps, preset=False)}
     else:
         out = {"bench": "sac_learning", "config": "configs/sac_pendulum.yaml",
-               **train_sac(["progress=false", "tensorboard=false", "eval_interval=0", "eval_episodes=20"],
+               **train_sac(["progress=false", "tensorboard=false", "eval_interval=0", f"eval_episodes={args.eval_episodes}"],
                            args.seeds, args.steps, preset=True)}
     out["machine"] = machine()
     print(json.dumps(out), flush=True)
