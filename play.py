@@ -1,4 +1,4 @@
-"""Watch or evaluate a trained agent: python play.py --checkpoint runs/<run> [--env NAME] [--episodes N] [--video out.gif]"""
+"""Watch or evaluate a trained agent: python play.py --checkpoint runs/<run> [--run-index I] [--env NAME] [--episodes N] [--video out.gif]"""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,9 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--video", help="write frames of the first episode to this .gif or .mp4")
     p.add_argument("--seed", type=int, default=0, help="seed for the episodes' initial states")
-    p.add_argument("--agent-seed", type=int, default=0, help="which of the run's trained seeds to use")
+    p.add_argument("--run-index", "--agent-seed", dest="run_index", type=int, default=0, metavar="I",
+                   help="which trained run to play: runs = sweep configs x seeds, run r = g * seeds + s "
+                        "(labels in summary.json; default 0)")
     p.add_argument("--max-steps", type=int, help="cap on steps per episode (default: the env's limit)")
     p.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an env setting, e.g. --env-set split=train (data-feed envs play "
@@ -34,15 +36,23 @@ def find_run(path: Path) -> tuple[Path, Path | None]:
     raise FileNotFoundError(f"no run directory or checkpoint at {path}")
 
 
+def run_labels(config) -> list[str]:
+    """`run_<i>: name=value ... seed=<s>` for every run trained together (runs = sweep configs
+    x seeds), the labels train.py writes to summary.json."""
+    from angle_jax import parallel
+
+    return parallel.run_labels(parallel.grid(config.sweep), config.seeds, config.seed)
+
+
 def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
-    """The batched agent state of a run: from params.ckpt, or the agent inside a full checkpoint."""
+    """The agent states of all runs, `[runs, ...]`: from params.ckpt, or the agent inside a full checkpoint."""
     import jax
-    import jax.numpy as jnp
     from flax import serialization
 
     from angle_jax import checkpoint as ckpt
+    from angle_jax import parallel
 
-    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(config.seeds)])
+    keys = parallel.run_keys(config.seed, config.seeds, len(parallel.grid(config.sweep)))
     template = jax.vmap(algo.init, out_axes=agent_axes(algo, keys[0]))(keys)
     if ckpt_file is None:
         final = run_dir / "params.ckpt"
@@ -66,7 +76,7 @@ def agent_axes(algo, key):
     return seed_axes(jax.eval_shape(algo.init, key))
 
 
-def pick_seed(agents, axes, index: int):
+def pick_run(agents, axes, index: int):
     import jax
 
     return jax.tree.map(lambda a, x: x if a is None else x[index], axes, agents, is_leaf=lambda x: x is None)
@@ -101,8 +111,10 @@ def main(argv=None) -> int:
         config = C.load_config(run_dir / "config.yaml")
     except (FileNotFoundError, C.ConfigError) as e:
         fail(str(e))
-    if not 0 <= args.agent_seed < config.seeds:
-        fail(f"--agent-seed must be in [0, {config.seeds}), got {args.agent_seed}")
+    labels = run_labels(config)
+    if not 0 <= args.run_index < len(labels):
+        fail(f"--run-index must be in [0, {len(labels)}) for this checkpoint's {len(labels)} run(s), "
+             f"got {args.run_index} ({'; '.join(labels)})")
     env_name = args.env or config.env
     env_kwargs = dict(config.env_kwargs) if env_name == config.env else {}
     if env_name.startswith("DataFeed"):
@@ -134,7 +146,8 @@ def main(argv=None) -> int:
         agents = load_agent(run_dir, ckpt_file, algo, config)
     except (FileNotFoundError, CheckpointError) as e:
         fail(str(e))
-    agent = pick_seed(agents, agent_axes(algo, jax.random.PRNGKey(0)), args.agent_seed)
+    agent = pick_run(agents, agent_axes(algo, jax.random.PRNGKey(0)), args.run_index)
+    print(f"playing {labels[args.run_index]}")
 
     act = jax.jit(algo.act)
     step = jax.jit(env.step)

@@ -137,3 +137,33 @@ def test_play_writes_gif_and_checks_spaces(trained_run, tmp_path):
     assert len(frames) > 1 and frames[0].shape[-1] in (3, 4)
     bad = run_script("play.py", "--checkpoint", str(run_dir), "--env", "MountainCarContinuous-v0")
     assert bad.returncode == 2 and "does not fit MountainCarContinuous-v0" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """A finished tiny TD3 sweep: 2 configs x 2 seeds = 4 runs in one params.ckpt."""
+    run_dir = tmp_path_factory.mktemp("runs") / "td3_sweep"
+    args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(run_dir),
+            "--seeds", "2", "--sweep", "actor_lr=1e-3,3e-4"]
+    for o in TINY_TD3 + ["total_steps=600", "learning_starts=200", "buffer_size=600", "log_interval=300",
+                         "tensorboard=false"]:
+        args += ["--set", o]
+    proc = run_script("train.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_play_picks_one_run_of_a_sweep(sweep_run):
+    labels = json.loads((sweep_run / "summary.json").read_text())["runs"]
+    assert labels[1] == "run_1: actor_lr=0.001 seed=1"
+    proc = run_script("play.py", "--checkpoint", str(sweep_run), "--episodes", "2", "--run-index", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"playing {labels[1]}" in proc.stdout and "mean return over 2 episodes" in proc.stdout
+
+
+def test_play_bad_run_index_is_one_line_error(sweep_run):
+    proc = run_script("play.py", "--checkpoint", str(sweep_run), "--run-index", "4")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--run-index must be in [0, 4)" in proc.stderr and "got 4" in proc.stderr
+    assert "run_3: actor_lr=0.0003 seed=1" in proc.stderr

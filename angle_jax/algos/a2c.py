@@ -15,8 +15,8 @@ from flax import struct
 
 from angle_jax.algos.base import (Algorithm, apply_gradients, direction_optimizer, hparams_from_config,
                                   maybe_pmean)
-from angle_jax.algos.ppo import (entropy_bonus, lr_schedule, network, normalize_advantages,
-                                 policy_functions, validate_common)
+from angle_jax.algos.on_policy_config import OnPolicyConfig
+from angle_jax.algos.ppo import entropy_bonus, lr_schedule, network, normalize_advantages, policy_functions
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import policy_distribution
 from angle_jax.training.modules import Rollout, flatten_steps
@@ -68,27 +68,13 @@ def a2c_loss(log_prob: jax.Array, advantages: jax.Array, values: jax.Array, retu
 # ---- configuration and state ----------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(OnPolicyConfig):
     """A2C settings. Sizes and flags are static; the floats listed in `A2CHParams` are traced."""
 
     rollout_length: int = 5
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    torso: str = "auto"
-    shared_torso: bool = False
-    log_std_init: float = 0.0
     anneal_lr: bool = False
     normalize_advantages: bool = False
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
     learning_rate: float = 7e-4
-    gamma: float = 0.99
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    axis_name: str | None = None
-
-    def validate(self, num_envs: int | None = None) -> None:
-        validate_common(self, num_envs)
 
 
 @struct.dataclass

@@ -19,6 +19,7 @@ from flax import struct
 
 from angle_jax.algos.base import (Algorithm, apply_gradients, direction_optimizer, hparams_from_config,
                                   maybe_pmean)
+from angle_jax.algos.on_policy_config import OnPolicyConfig
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import ActorCritic, policy_distribution
 from angle_jax.training.modules import Rollout, flatten_steps, gae, minibatch_updates  # noqa: F401 (gae re-exported)
@@ -76,33 +77,18 @@ def clip_fraction(log_prob: jax.Array, old_log_prob: jax.Array, clip_eps: jax.Ar
 # ---- configuration and state ----------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(OnPolicyConfig):
     """PPO settings. Sizes and flags are static; the floats listed in `PPOHParams` are traced."""
 
-    rollout_length: int = 128
     epochs: int = 4
     minibatches: int = 4
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    torso: str = "auto"
-    shared_torso: bool = False
-    log_std_init: float = 0.0
-    anneal_lr: bool = True
-    normalize_advantages: bool = True
     clip_value: bool = True
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
-    learning_rate: float = 2.5e-4
-    gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
     vf_clip: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    axis_name: str | None = None
 
     def validate(self, num_envs: int | None = None) -> None:
-        validate_common(self, num_envs)
+        super().validate(num_envs)
         for name in ("epochs", "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -115,29 +101,6 @@ class Config:
             raise ValueError(
                 f"minibatches ({self.minibatches}) must divide num_envs * rollout_length "
                 f"({num_envs} * {self.rollout_length} = {num_envs * self.rollout_length})")
-
-
-def validate_common(config, num_envs: int | None = None) -> None:
-    """Checks shared by the on-policy algorithm configs."""
-    from angle_jax.networks.mlp import ACTIVATIONS
-
-    if config.rollout_length < 1:
-        raise ValueError(f"rollout_length must be >= 1, got {config.rollout_length}")
-    if not config.hidden or any(w <= 0 for w in config.hidden):
-        raise ValueError(f"hidden must be a non-empty list of positive widths, got {list(config.hidden)}")
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {config.activation!r}")
-    if config.torso not in ("auto", "mlp", "cnn"):
-        raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn' (Nature CNN for [4, 84, 84] frames, MinAtar CNN for [10, 10, C] grids), got {config.torso!r}")
-    if config.learning_rate <= 0:
-        raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
-    if not 0.0 <= config.gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {config.gamma}")
-    for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    if num_envs is not None and num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
 
 
 @struct.dataclass

@@ -29,7 +29,8 @@ LOOP = "off_policy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(dqn.Config):
-    """Rainbow defaults; every field means what it means in `dqn.Config`."""
+    """Rainbow defaults; every field means what it means in `dqn.Config`, and only the
+    defaults that differ from DQN's are set here."""
 
     hidden: tuple[int, ...] = (128,)
     double: bool = True
@@ -37,20 +38,12 @@ class Config(dqn.Config):
     n_step: int = 3
     prioritized: bool = True
     distributional: bool = True
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
     noisy: bool = True
-    noisy_sigma0: float = 0.5
     target_update_interval: int = 1000
-    max_grad_norm: float = 10.0
     adam_eps: float = 1.5e-4
     per_alpha: float = 0.5
-    per_beta0: float = 0.4
     per_beta_steps: int = 500_000
     learning_rate: float = 1e-4
-    gamma: float = 0.99
-    tau: float = 1.0
     epsilon_start: float = 0.0
     epsilon_end: float = 0.0
     epsilon_decay_steps: int = 0

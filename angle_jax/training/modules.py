@@ -24,10 +24,13 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from angle_jax.algos.base import Transition
+
 
 @struct.dataclass
-class Rollout:
-    """`T` vectorised env steps, leaves `[T, num_envs, ...]`.
+class Rollout(Transition):
+    """`T` vectorised env steps, leaves `[T, num_envs, ...]`: the `Transition` fields
+    plus `advantage_bonus`.
 
     `action` is the action as sampled by the policy (before any clipping to the
     env bounds); `next_obs` is the true successor (pre-reset), so truncated
@@ -35,12 +38,6 @@ class Rollout:
     algorithm's own advantages (zero unless a module contributes).
     """
 
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array
     advantage_bonus: jax.Array
 
 
