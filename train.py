@@ -26,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", help="run directory (default runs/<algo>_<env>_<seed>_<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set batch_size=128 --set agent.tau=0.01")
+                   help="override a setting, e.g. --set batch_size=128 --set agent.tau=0.01 "
+                        "--set meta.kind=meta_gradient (dotted keys reach into mappings such as meta)")
     g = p.add_argument_group("scaling (docs/scaling.md)")
     g.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                    help="sweep a traced hyperparameter; several --sweep make a grid, trained with the seeds "
@@ -201,6 +202,9 @@ def main(argv=None) -> int:
         "devices": 1 if trainer.mesh is None else int(trainer.mesh.devices.size),
         "processes": jax.process_count(),
     }
+    learned = _meta_hparams(config, agent)
+    if learned:
+        summary["meta_hparams"] = learned
     if config.sweep:
         from angle_jax import parallel
 
@@ -212,6 +216,8 @@ def main(argv=None) -> int:
     per_seed = ", ".join(f"{r:.1f}" for r in summary["final_eval_return_per_seed"])
     print(f"final eval ({config.eval_episodes} episodes/seed, deterministic): "
           f"mean {summary['final_eval_return_mean']:.2f}  per seed [{per_seed}]")
+    for name, values in learned.items():
+        print(f"meta-learned {name}: per seed [{', '.join(f'{v:.4g}' for v in values)}]")
     if config.sweep:
         from angle_jax import parallel
 
@@ -220,6 +226,19 @@ def main(argv=None) -> int:
     print(f"compile {summary['compile_s']:.1f}s  train {summary['train_s']:.1f}s  "
           f"{summary['steps_per_s']:,.0f} steps/s  -> {run_dir}/summary.json")
     return 0
+
+
+def _meta_hparams(config, agent) -> dict[str, list[float]]:
+    """Final values of the meta-learned hyperparameters, one per run ({} without meta-gradients)."""
+    import numpy as np
+
+    from angle_jax.meta import learned_hparam_names
+    from angle_jax.meta.meta_gradient import get_hparams
+
+    names = learned_hparam_names(config)
+    if not names or not hasattr(agent, "hparams"):
+        return {}
+    return {n: np.asarray(v, np.float64).reshape(-1).tolist() for n, v in get_hparams(agent, names).items()}
 
 
 class RunTensorBoardLogger:

@@ -236,6 +236,29 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _mapping_fields() -> tuple[str, ...]:
+    """RunConfig fields holding a mapping (meta, env_kwargs, ...), which `--set` may reach into."""
+    hints = typing.get_type_hints(RunConfig)
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if hints[f.name] is dict)
+
+
+def _set_nested(data: dict, key: str, value: Any) -> None:
+    """`--set meta.bounds.gamma=[0.9,0.999]`: set one entry inside a mapping setting, keeping the rest."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key {key!r} has an empty part")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {'.'.join(parts[:i + 1])} is {child!r}, not a mapping")
+        node[part] = child = dict(child)
+        node = child
+    node[parts[-1]] = value
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -263,7 +286,11 @@ def preset_path(algo: str, env: str) -> Path | None:
 
 def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
                 **cli: Any) -> RunConfig:
-    """Defaults < YAML file < command-line flags (`cli`, None = not given) < `--set` overrides."""
+    """Defaults < YAML file < command-line flags (`cli`, None = not given) < `--set` overrides.
+
+    An override `agent.<name>=v` sets an algorithm setting; `meta.interval=5` or
+    `meta.bounds.gamma=[0.9,0.999]` sets one entry of a mapping setting (meta, env_kwargs,
+    module_kwargs, sweep), keeping the others from the file."""
     data: dict = {}
     if config_file is not None:
         data.update(read_yaml(config_file))
@@ -277,6 +304,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         key, value = _parse_override(item)
         if key.startswith("agent."):
             agent_values[key[len("agent."):]] = value
+        elif key.split(".", 1)[0] in _mapping_fields() and "." in key:
+            _set_nested(data, key, value)
         else:
             data[key] = value
     algo = data.get("algo", RunConfig.algo)

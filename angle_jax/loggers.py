@@ -68,8 +68,13 @@ class JsonlLogger:
         self.file.close()
 
 
+# meta-learner metrics that are not learned hyperparameter values
+META_DIAGNOSTICS = ("meta/objective", "meta/grad_norm", "meta/skipped")
+
+
 class ProgressLogger:
-    """A line per chunk: progress, steps/s, ETA, recent return, eval return."""
+    """A line per chunk: progress, steps/s, ETA, recent return, eval return, and the
+    meta-learned hyperparameters (`meta/<name>`) when the chunk had a meta step."""
 
     def __init__(self, total_steps: int, stream=sys.stdout):
         self.total = total_steps
@@ -92,6 +97,10 @@ class ProgressLogger:
                  f"return {ret:9.2f}" if math.isfinite(ret) else "return         -"]
         if "eval_return_mean" in log_data:
             parts.append(f"eval {log_data['eval_return_mean']:9.2f}")
+        learned = [f"{k[len('meta/'):]} {v:.4g}" for k, v in log_data.items()
+                   if k.startswith("meta/") and k not in META_DIAGNOSTICS and isinstance(v, float) and math.isfinite(v)]
+        if learned:
+            parts.append(" ".join(learned))
         print(" | ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -107,7 +107,9 @@ def check_sweep(sweep: dict[str, list[float]], agent_state: Any, run_config: Any
     listing = ", ".join(allowed) if allowed else "none: this algorithm keeps no traced hyperparameters"
     static_run = {f.name for f in dataclasses.fields(run_config)}
     static_agent = {f.name for f in dataclasses.fields(run_config.agent)} if run_config.agent is not None else set()
-    meta_params = set((run_config.meta or {}).get("params", ()) or ())
+    from angle_jax.meta import learned_hparam_names
+
+    meta_params = set(learned_hparam_names(run_config))
     for name in sweep:
         if name in allowed:
             if name in meta_params:

@@ -10,14 +10,17 @@ import pytest
 from flax import struct
 
 from angle_jax import registry
-from angle_jax.algos import td3
+from angle_jax.algos import ddpg, ppo, sac, td3
 from angle_jax.algos.base import Algorithm, Transition
-from angle_jax.config import RunConfig
+from angle_jax.config import CONFIG_DIR, RunConfig, load_config
 from angle_jax.meta import (build_meta_learner, forecast, make_auxiliary, make_meta_gradient, meta_gradient, risk,
                             td3_validation_loss)
-from angle_jax.meta.meta_gradient import inner_objective, set_hparams, split_batch
+from angle_jax.meta.meta_gradient import (ddpg_validation_loss, inner_objective, ppo_validation, sac_validation_loss,
+                                          set_hparams, split_batch)
 from angle_jax.training.axes import seed_axes
-from angle_jax.training.off_policy import OffPolicyLoop, make_train
+from angle_jax.training import on_policy
+from angle_jax.training.off_policy import EpisodeAccumulator, OffPolicyLoop, make_train
+from conftest import run_script
 
 
 # ---- a tiny linear TD "algorithm" whose update reads traced hparams ------------------------------
@@ -330,8 +333,15 @@ def test_bad_meta_configs_raise_clear_errors(td3_setup, meta, auxiliary, message
 
 def test_meta_on_an_algorithm_without_validation_objective_raises(td3_setup):
     cfg, algo, spec = td3_setup
-    with pytest.raises(ValueError, match="algorithm 'ppo' has none"):
-        build_meta_learner(RunConfig(algo="ppo", meta=GOOD_META), algo, spec)
+    with pytest.raises(ValueError, match=r"algorithm 'a2c' has none \(available for: ddpg, ppo, sac, td3\)"):
+        build_meta_learner(RunConfig(algo="a2c", meta=GOOD_META), algo, spec)
+
+
+def test_objective_options_of_another_algorithm_raise(td3_setup):
+    cfg, algo, spec = td3_setup
+    with pytest.raises(ValueError, match=r"meta.reference_lambda does not apply to td3 "
+                                         r"\(its objective options: reference_gamma, actor_weight\)"):
+        build_meta_learner(RunConfig(algo="td3", agent=cfg, meta={**GOOD_META, "reference_lambda": 0.9}), algo, spec)
 
 
 def test_good_configs_build(td3_setup):
@@ -349,3 +359,292 @@ def test_good_configs_build(td3_setup):
     with pytest.raises(ValueError, match="initial value 0.95"):
         build_meta_learner(RunConfig(algo="td3", agent=replaced, meta={**GOOD_META, "bounds": {"gamma": [0.96, 0.99]}}),
                            td3.make(replaced, spec), spec)
+
+
+# ---- SAC and DDPG --------------------------------------------------------------------------------
+
+def pendulum_transitions(key, n):
+    """Random Pendulum-shaped transitions (obs [n, 3], action in [-1, 1]), some terminal."""
+    k = jax.random.split(key, 5)
+    return Transition(
+        obs=jax.random.normal(k[0], (n, 3)), action=jax.random.uniform(k[1], (n, 1), minval=-1, maxval=1),
+        reward=jax.random.normal(k[2], (n,)), terminated=jax.random.bernoulli(k[3], 0.2, (n,)),
+        truncated=jnp.zeros((n,), jnp.bool_), next_obs=jax.random.normal(k[4], (n, 3)))
+
+
+@pytest.mark.parametrize("name", ["sac", "ddpg"])
+def test_sac_ddpg_meta_gradients_match_finite_differences(name):
+    """critic_lr and γ meta-gradients of SAC and DDPG (shared TD objective) against central
+    differences in float32. As for TD3, the objective's target is held fixed, so the finite
+    differences move only the critic parameters the perturbed update produced."""
+    module, factory = {"sac": (sac, sac_validation_loss), "ddpg": (ddpg, ddpg_validation_loss)}[name]
+    env = registry.make_env("Pendulum-v1", 1)
+    cfg = module.Config(actor_hidden=(8,), critic_hidden=(8,), critic_lr=3e-2)
+    algo = module.make(cfg, env.spec)
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    batch = pendulum_transitions(k[0], 32)
+    objective = factory(cfg, env.spec)
+    train, val = split_batch(batch)
+    key = jax.random.PRNGKey(7)
+    k_update, k_val = jax.random.split(key)
+    names = ("critic_lr", "gamma")
+    rel = 1e-2
+
+    @jax.jit
+    def problem(init_key):
+        state = algo.init(init_key, env.spec)
+        state, _ = jax.lax.scan(lambda st, kk: (algo.update(st, batch, kk)[0], None), state,
+                                jax.random.split(jax.random.PRNGKey(10), 3))
+        eta = {n: getattr(state.hparams, n) for n in names}
+        value, grads = meta_gradient(algo.update, objective, state, eta, train, val, key)
+        base, _ = algo.update(state, train, k_update)
+
+        def frozen(e):
+            new, _ = algo.update(set_hparams(state, e), train, k_update)
+            return objective(base.replace(critic_params=new.critic_params), val, k_val)
+
+        points = [dict(eta, **{n: eta[n] * (1.0 + sign * rel)}) for n in names for sign in (1.0, -1.0)]
+        values = jax.vmap(frozen)(jax.tree.map(lambda *x: jnp.stack(x), *points))
+        return value, grads, values, eta
+
+    value, grads, values, eta = problem(k[5])
+    assert np.isfinite(float(value))
+    for i, n in enumerate(names):
+        fd = (values[2 * i] - values[2 * i + 1]) / (2 * rel * float(eta[n]))
+        assert abs(float(grads[n])) > 0, n
+        np.testing.assert_allclose(float(grads[n]), float(fd), rtol=5e-2, err_msg=n)
+
+
+@pytest.mark.parametrize("name", ["sac", "ddpg"])
+def test_sac_ddpg_meta_learners_build_and_step(name):
+    module = {"sac": sac, "ddpg": ddpg}[name]
+    env = registry.make_env("Pendulum-v1", 1)
+    cfg = module.Config(actor_hidden=(8,), critic_hidden=(8,))
+    algo = module.make(cfg, env.spec)
+    rc = RunConfig(algo=name, agent=cfg, meta={"kind": "meta_gradient", "params": ["gamma", "critic_lr"],
+                                               "actor_weight": 0.5, "meta_lr": 1e-2})
+    learner = build_meta_learner(rc, algo, env.spec)
+    batch = pendulum_transitions(jax.random.PRNGKey(3), 16)
+
+    @jax.jit
+    def step(key):
+        # a few updates first: from fresh Adam moments the inner step is sign(g), flat in η
+        state = algo.init(key, env.spec)
+        state, _ = jax.lax.scan(lambda st, kk: (algo.update(st, batch, kk)[0], None), state,
+                                jax.random.split(jax.random.PRNGKey(10), 3))
+        return state, learner.update(learner.init(key, state, env.spec), state, batch, jax.random.PRNGKey(2))
+
+    state, (meta_state, new_state, metrics) = step(jax.random.PRNGKey(0))
+    assert int(meta_state.gradient.count) == 1
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(new_state.hparams.gamma) != float(state.hparams.gamma)
+
+
+# ---- PPO: γ and λ --------------------------------------------------------------------------------
+
+def tiny_ppo(num_envs=2, rollout_length=8, **overrides):
+    env = registry.make_env("CartPole-v1", num_envs)
+    cfg = ppo.Config(**{**dict(rollout_length=rollout_length, epochs=2, minibatches=2, hidden=(8,),
+                                anneal_lr=False, learning_rate=1e-2), **overrides})
+    return env, cfg, ppo.make(cfg, env.spec)
+
+
+def ppo_rollout(env, algo, state, length, key):
+    obs, env_state = env.reset(key)
+    rollout, *_ = on_policy.collect(algo, env, state, env_state, obs, jax.random.fold_in(key, 1), length,
+                                    EpisodeAccumulator.zeros(), jnp.int32(0))
+    return rollout
+
+
+def as_float64(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def test_ppo_advantages_are_differentiable_in_gamma_and_lambda():
+    """`score_rollout` holds the network outputs constant but not γ, λ: without that the
+    meta-gradient through PPO's update would be exactly zero."""
+    env, cfg, algo = tiny_ppo()
+    state = algo.init(jax.random.PRNGKey(0), env.spec)
+    rollout = jax.jit(lambda s: ppo_rollout(env, algo, s, 8, jax.random.PRNGKey(1)))(state)
+    net = ppo.network(cfg, env.spec)
+
+    def total(gamma, lam):
+        return jnp.sum(ppo.score_rollout(net, env.spec, state.params, rollout, gamma, lam).advantage)
+
+    dg, dl = jax.grad(total, argnums=(0, 1))(jnp.float32(0.99), jnp.float32(0.95))
+    assert abs(float(dg)) > 1e-3 and abs(float(dl)) > 1e-3
+    batch = ppo.score_rollout(net, env.spec, state.params, rollout, jnp.float32(0.99), jnp.float32(0.95))
+    assert batch.advantage.shape == (16,) and batch.obs.shape == (16, 4)
+
+
+@pytest.mark.parametrize("policy_loss", ["clipped", "pg"])
+def test_ppo_meta_gradient_matches_finite_differences(policy_loss):
+    """∂J/∂(γ, λ) through one whole PPO update (2 epochs x 2 minibatches, Adam, gradient
+    clipping) against central differences of the same deterministic function, in float64."""
+    env, cfg, algo = tiny_ppo()
+    state = algo.init(jax.random.PRNGKey(0), env.spec)
+    rollout = jax.jit(lambda s: ppo_rollout(env, algo, s, 16, jax.random.PRNGKey(1)))(state)
+    # two real updates first, so that Adam's moments are not trivial
+    for i in range(2):
+        state, _ = jax.jit(algo.update)(state, rollout, jax.random.PRNGKey(10 + i))
+    validation = ppo_validation(cfg, env.spec, policy_loss=policy_loss)
+    h = 1e-5
+    with jax.enable_x64(True):
+        state64, rollout64 = as_float64(state), as_float64(rollout)
+        key = jax.random.PRNGKey(3)
+
+        @jax.jit
+        def problem(eta):
+            train, val = split_batch(rollout64)
+            val = validation.prepare(state64, val)
+            value, grads = meta_gradient(algo.update, validation.objective, state64, eta, train, val, key)
+
+            def f(e):
+                return inner_objective(algo.update, validation.objective, state64, e, train, val, key)
+
+            points = [dict(eta, **{n: eta[n] + sign * h}) for n in names for sign in (1.0, -1.0)]
+            values = jax.vmap(f)(jax.tree.map(lambda *x: jnp.stack(x), *points))
+            return value, grads, values
+
+        names = ("gamma", "gae_lambda")
+        value, grads, values = problem({"gamma": jnp.float64(0.99), "gae_lambda": jnp.float64(0.95)})
+    assert value.dtype == jnp.float64 and np.isfinite(float(value))
+    for i, n in enumerate(names):
+        fd = (float(values[2 * i]) - float(values[2 * i + 1])) / (2 * h)
+        assert abs(float(grads[n])) > 1e-4, n
+        np.testing.assert_allclose(float(grads[n]), fd, rtol=1e-6, err_msg=n)
+
+
+@pytest.fixture(scope="module")
+def ppo_meta_run():
+    """PPO on CartPole with meta-gradients on γ and λ (huge meta_lr), 2 seeds by vmap, one
+    compiled iteration at a time so η can be read after every iteration."""
+    env, cfg, _ = tiny_ppo(num_envs=2, rollout_length=8, hidden=(16,))
+    bounds = {"gamma": [0.95, 0.995], "gae_lambda": [0.8, 0.99]}
+    rc = RunConfig(algo="ppo", env="CartPole-v1", num_envs=2, total_steps=16 * 10, agent=cfg,
+                   meta={"kind": "meta_gradient", "interval": 3, "meta_lr": 1e3, "bounds": bounds})
+    train = on_policy.build(rc, env)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    axes = seed_axes(jax.eval_shape(train.init, keys[0]))
+    carry = jax.jit(jax.vmap(train.init, out_axes=axes))(keys)
+    step = jax.jit(jax.vmap(lambda c: train.run(c, 1), in_axes=(axes,), out_axes=(axes, 0)))
+    history = [(carry.agent.hparams, carry.meta.gradient.count)]
+    all_logs = []
+    for _ in range(10):
+        carry, logs = step(carry)
+        history.append((carry.agent.hparams, carry.meta.gradient.count))
+        all_logs.append(logs)
+    return carry, history, all_logs, bounds
+
+
+def test_ppo_meta_interval_is_honoured_in_the_on_policy_loop(ppo_meta_run):
+    carry, history, all_logs, _ = ppo_meta_run
+    assert int(carry.iteration) == 10
+    np.testing.assert_array_equal(np.asarray(carry.meta.gradient.count), [4, 4])  # iterations 0, 3, 6, 9
+    for i in range(10):
+        (hp_before, count_before), (hp_after, count_after) = history[i], history[i + 1]
+        meta_step = i % 3 == 0
+        np.testing.assert_array_equal(np.asarray(count_after - count_before), [int(meta_step)] * 2, err_msg=str(i))
+        assert np.isfinite(np.asarray(all_logs[i]["meta/gamma"])).all() == meta_step, i
+        if not meta_step:  # η only changes in a meta step
+            for name in ("gamma", "gae_lambda"):
+                np.testing.assert_array_equal(np.asarray(getattr(hp_after, name)), np.asarray(getattr(hp_before, name)))
+    # the first meta step moved η (from 0.99, 0.95) in both seeds
+    assert np.all(np.asarray(history[1][0].gamma) != np.float32(0.99))
+    assert np.all(np.asarray(history[1][0].gae_lambda) != np.float32(0.95))
+
+
+def test_ppo_meta_under_vmap_keeps_gamma_and_lambda_in_bounds(ppo_meta_run):
+    carry, history, all_logs, bounds = ppo_meta_run
+    for name, (low, high) in bounds.items():
+        values = np.stack([np.asarray(getattr(hp, name)) for hp, _ in history[1:]])
+        assert values.shape == (10, 2)
+        assert np.all(values >= np.float32(low)) and np.all(values <= np.float32(high)), (name, values)
+        np.testing.assert_allclose(np.asarray(all_logs[-1][f"meta/{name}"]), values[-1])
+    # seeds are independent runs (own rollouts, own meta-objectives); untouched hparams keep their values
+    objective = np.asarray(all_logs[0]["meta/objective"])
+    assert objective.shape == (2,) and objective[0] != objective[1]
+    np.testing.assert_allclose(np.asarray(carry.agent.hparams.clip_eps), [0.2, 0.2])
+    for logs in all_logs[::3]:
+        for key in ("meta/objective", "meta/grad_norm", "policy_loss", "value_loss"):
+            assert np.all(np.isfinite(np.asarray(logs[key]))), key
+        np.testing.assert_array_equal(np.asarray(logs["meta/skipped"]), [0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def ppo_setup():
+    env, cfg, algo = tiny_ppo(num_envs=2, rollout_length=8)
+    return cfg, algo, env.spec
+
+
+PPO_META = {"kind": "meta_gradient", "interval": 2, "params": ["gamma", "gae_lambda"]}
+
+
+@pytest.mark.parametrize("meta, auxiliary, message", [
+    ({**PPO_META, "params": ["lambda"]}, (),
+     "unknown meta.params entry 'lambda': ppo hyperparameters are learning_rate, gamma, gae_lambda, clip_eps"),
+    ({**PPO_META, "actor_weight": 1.0}, (),
+     r"meta.actor_weight does not apply to ppo \(its objective options: reference_gamma, reference_lambda, "
+     r"policy_loss\)"),
+    ({**PPO_META, "policy_loss": "ppo2"}, (), "meta.policy_loss must be one of clipped, pg, got 'ppo2'"),
+    ({**PPO_META, "reference_lambda": 1.5}, (), r"meta.reference_lambda must be in \[0, 1\]"),
+    ({**PPO_META, "bounds": {"gae_lambda": [0.96, 1.0]}}, (), "does not contain the initial value 0.95"),
+    (PPO_META, ("forecast",), "auxiliary models \\(forecast\\) .* only with off-policy algorithms; ppo is on-policy"),
+])
+def test_bad_ppo_meta_configs_raise_clear_errors(ppo_setup, meta, auxiliary, message):
+    cfg, algo, spec = ppo_setup
+    with pytest.raises(ValueError, match=message):
+        build_meta_learner(RunConfig(algo="ppo", agent=cfg, meta=meta, auxiliary=auxiliary), algo, spec)
+
+
+def test_ppo_meta_needs_minibatches_to_divide_half_the_rollout():
+    env, cfg, algo = tiny_ppo(num_envs=1, rollout_length=6, minibatches=2)  # 6 steps split, 3 do not
+    with pytest.raises(ValueError, match=r"agent.minibatches \(2\) must divide num_envs \* \(rollout_length // 2\)"):
+        build_meta_learner(RunConfig(algo="ppo", agent=cfg, meta=PPO_META), algo, env.spec)
+
+
+def test_ppo_meta_defaults_learn_gamma_and_lambda(ppo_setup):
+    cfg, algo, spec = ppo_setup
+    learner = build_meta_learner(RunConfig(algo="ppo", agent=cfg, meta={"kind": "meta_gradient"}), algo, spec)
+    state = jax.eval_shape(lambda k: algo.init(k, spec), jax.random.PRNGKey(0))
+    meta_state = jax.eval_shape(lambda k, s: learner.init(k, s, spec), jax.random.PRNGKey(1), state)
+    assert set(meta_state.gradient.raw) == {"gamma", "gae_lambda"}
+    assert learner.interval == 10
+
+
+def test_meta_settings_from_the_command_line_and_the_ppo_meta_config():
+    path = CONFIG_DIR / "ppo_meta_cartpole.yaml"
+    config = load_config(path, ["meta.interval=2", "meta.bounds.gamma=[0.95,0.995]", "total_steps=2048"])
+    assert config.meta["interval"] == 2 and config.meta["params"] == ["gamma", "gae_lambda"]
+    assert config.meta["bounds"] == {"gamma": [0.95, 0.995], "gae_lambda": [0.5, 1.0]}
+    from angle_jax.training.trainer import build_components
+
+    *_, train = build_components(config)
+    carry = jax.eval_shape(train.init, jax.random.PRNGKey(0))
+    assert set(carry.meta.gradient.raw) == {"gamma", "gae_lambda"}
+
+
+def test_train_py_runs_ppo_with_meta_gradients_and_logs_gamma_and_lambda(tmp_path):
+    import json
+
+    run_dir = tmp_path / "ppo_meta"
+    proc = run_script(
+        "train.py", "--algo", "ppo", "--env", "CartPole-v1", "--seeds", "2", "--run-dir", str(run_dir),
+        "--set", "meta.kind=meta_gradient", "--set", "meta.params=[gamma,gae_lambda]", "--set", "meta.interval=2",
+        "--set", "meta.meta_lr=0.1", "--set", "num_envs=2", "--set", "total_steps=256", "--set", "log_interval=64",
+        "--set", "eval_episodes=2", "--set", "agent.rollout_length=16", "--set", "agent.epochs=1",
+        "--set", "agent.minibatches=2", "--set", "agent.hidden=[8]", "--set", "progress=true",
+        "--set", "tensorboard=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "meta-learned gamma: per seed [" in proc.stdout and "meta-learned gae_lambda" in proc.stdout
+    assert "gae_lambda 0.9" in proc.stdout  # the progress line shows the learned values
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    for entry in lines:  # 2 iterations per chunk, a meta step every 2nd: every chunk has one
+        for name in ("meta/gamma", "meta/gae_lambda"):
+            assert entry[name] is not None and len(entry["per_seed"][name]) == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    learned = summary["meta_hparams"]
+    assert set(learned) == {"gamma", "gae_lambda"} and len(learned["gamma"]) == 2
+    assert all(0.9 <= g <= 0.9999 for g in learned["gamma"]) and all(0.0 <= v <= 1.0 for v in learned["gae_lambda"])
+    assert learned["gamma"] != [0.99, 0.99]

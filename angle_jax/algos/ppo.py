@@ -1,12 +1,15 @@
 """PPO (Schulman et al. 2017) with clipped surrogate, GAE and optional value clipping.
 
 The named pieces (`gae`, re-exported from training/modules.py where loop
-modules share it, `normalize_advantages`, `ppo_policy_loss`, `value_loss`,
-`entropy_bonus`, `approx_kl`, `clip_fraction`) are small array functions
-research code can call alone. `make` composes them into an
-`Algorithm` whose `update(state, rollout, key)` is one whole PPO learning step:
-score the rollout, compute advantages, then `epochs x minibatches` gradient
-steps. The rollout comes from `angle_jax.training.on_policy`.
+modules share it, `normalize_advantages`, `ppo_policy_loss`,
+`policy_gradient_loss`, `value_loss`, `entropy_bonus`, `approx_kl`,
+`clip_fraction`, `score_rollout`) are small functions research code can call
+alone. `make` composes them into an `Algorithm` whose `update(state, rollout,
+key)` is one whole PPO learning step: score the rollout and compute
+advantages, then `epochs x minibatches` gradient steps. γ and λ are read from
+the traced `state.hparams` and the advantages stay differentiable in them, so
+meta-gradients can tune both (angle_jax/meta/meta_gradient.py). The rollout
+comes from `angle_jax.training.on_policy`.
 """
 from __future__ import annotations
 
@@ -43,6 +46,12 @@ def ppo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: ja
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
     return -jnp.mean(jnp.minimum(unclipped, clipped))
+
+
+def policy_gradient_loss(log_prob: jax.Array, advantages: jax.Array) -> jax.Array:
+    """Plain policy gradient: -mean A log π, the advantages held constant."""
+    chex.assert_equal_shape([log_prob, advantages])
+    return -jnp.mean(log_prob * jax.lax.stop_gradient(advantages))
 
 
 def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
@@ -188,6 +197,25 @@ def policy_functions(config, spec: EnvSpec, net: ActorCritic):
     return act, explore
 
 
+def score_rollout(net: ActorCritic, spec: EnvSpec, params: dict, rollout: Rollout, gamma: jax.Array,
+                  gae_lambda: jax.Array) -> PPOBatch:
+    """The flat training batch of a rollout: behaviour log-probs and values under `params`,
+    GAE advantages (plus the rollout's `advantage_bonus`) and returns under (γ, λ).
+
+    The network outputs and the rollout are held constant; the advantages and returns stay
+    differentiable in γ and λ, so meta-gradients reach them through the update.
+    """
+    rollout = jax.lax.stop_gradient(rollout)
+    outputs, values = jax.lax.stop_gradient(net.apply(params, rollout.obs))
+    next_values = jax.lax.stop_gradient(net.apply(params, rollout.next_obs, method=net.value))
+    log_prob = policy_distribution(outputs, spec.discrete).log_prob(rollout.action)
+    advantages, returns = gae(rollout.reward, values, next_values, rollout.terminated, rollout.truncated,
+                              gamma, gae_lambda)
+    batch = PPOBatch(rollout.obs, rollout.action, log_prob, values, advantages + rollout.advantage_bonus, returns)
+    chex.assert_equal_shape([batch.log_prob, batch.value, batch.advantage, batch.ret])
+    return flatten_steps(batch)
+
+
 def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algorithm:
     """PPO for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
@@ -200,17 +228,6 @@ def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algor
         params = net.init(key, jnp.zeros((1, *spec_.obs_shape), spec_.obs_dtype))
         return PPOState(params, tx.init(params), hparams_from_config(PPOHParams, config),
                         jnp.zeros((), jnp.int32))
-
-    def prepare(state: PPOState, rollout: Rollout) -> PPOBatch:
-        hp = state.hparams
-        outputs, values = net.apply(state.params, rollout.obs)
-        next_values = net.apply(state.params, rollout.next_obs, method=net.value)
-        log_prob = policy_distribution(outputs, spec.discrete).log_prob(rollout.action)
-        advantages, returns = gae(rollout.reward, values, next_values, rollout.terminated,
-                                  rollout.truncated, hp.gamma, hp.gae_lambda)
-        batch = PPOBatch(rollout.obs, rollout.action, log_prob, values,
-                         advantages + rollout.advantage_bonus, returns)
-        return jax.lax.stop_gradient(flatten_steps(batch))
 
     def loss(params, batch: PPOBatch, hp: PPOHParams):
         outputs, values = net.apply(params, batch.obs)
@@ -228,7 +245,7 @@ def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algor
         }
 
     def update(state: PPOState, rollout: Rollout, key: jax.Array):
-        batch = prepare(state, rollout)
+        batch = score_rollout(net, spec, state.params, rollout, state.hparams.gamma, state.hparams.gae_lambda)
         lr = schedule(state.hparams.learning_rate, state.step)
 
         def step(carry, minibatch, _key):

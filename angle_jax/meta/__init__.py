@@ -1,22 +1,26 @@
 """Meta-learning beside the agent: meta-gradient hyperparameters and auxiliary models.
 
 `build_meta_learner(run_config, algo, spec)` turns `run_config.meta` and
-`run_config.auxiliary` into one `MetaLearner` for the off-policy loop (or
-None when neither is set), checking the whole configuration first:
+`run_config.auxiliary` into one `MetaLearner` for the off-policy or the
+on-policy loop (or None when neither is set), checking the whole
+configuration first:
 
     meta:
       kind: meta_gradient          # the only kind so far
       interval: 10                 # learning iterations between meta steps (default 10)
-      params: [gamma, critic_lr]   # fields of the agent's hparams
+      params: [gamma, critic_lr]   # fields of the agent's hparams (default [gamma]; ppo: [gamma, gae_lambda])
       meta_lr: 1.0e-3
       bounds: {gamma: [0.9, 0.999]}   # others default: see `default_bounds`
       reference_gamma: 0.99        # γ' of the validation objective (default: agent.gamma)
-      actor_weight: 0.0            # TD3: weight of the actor term in the objective
+      actor_weight: 0.0            # TD3, DDPG, SAC: weight of the actor term in the objective
+      reference_lambda: 0.95       # PPO: λ' of the validation objective (default: agent.gae_lambda)
+      policy_loss: clipped         # PPO: the objective's policy loss, clipped or pg
       auxiliary: {hidden: [64, 64], learning_rate: 1.0e-3, risk_reward_below: null}
-    auxiliary: [forecast, risk]
+    auxiliary: [forecast, risk]    # off-policy algorithms only
 
 With `auxiliary` set and no meta-gradient keys, `meta` may hold just
-`interval` and `auxiliary` options.
+`interval` and `auxiliary` options. Meta-gradients are available for the
+algorithms in `VALIDATION_OBJECTIVES` (td3, ddpg, sac, ppo).
 """
 from __future__ import annotations
 
@@ -28,22 +32,28 @@ from flax import struct
 
 from angle_jax.meta.auxiliary import (AUXILIARY_NAMES, AuxState, brier_score, forecast, make_auxiliary,
                                       risk, roc_auc)
-from angle_jax.meta.meta_gradient import (VALIDATION_OBJECTIVES, MetaGradientState, hparam_names,
-                                          make_meta_gradient, meta_gradient, td3_validation_loss,
-                                          validation_objective)
+from angle_jax.meta.meta_gradient import (OBJECTIVE_OPTIONS, VALIDATION_OBJECTIVES, MetaGradientState, Validation,
+                                          ddpg_validation_loss, hparam_names, make_meta_gradient, meta_gradient,
+                                          ppo_validation, sac_validation_loss, td3_validation_loss,
+                                          td_validation_loss, validation_objective)
 from angle_jax.training.off_policy import MetaLearner
 
 META_KINDS = ("meta_gradient",)
+# meta.params when the config gives none (Xu et al. 2018 adapt PPO-style agents' γ and λ together)
+DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {"ppo": ("gamma", "gae_lambda")}
 DEFAULT_INTERVAL = 10
 DEFAULT_META_LR = 1e-3
-_GRADIENT_KEYS = ("kind", "params", "meta_lr", "bounds", "reference_gamma", "actor_weight")
+_GRADIENT_KEYS = ("kind", "params", "meta_lr", "bounds", "reference_gamma", "actor_weight", "reference_lambda",
+                  "policy_loss")
 _META_KEYS = _GRADIENT_KEYS + ("interval", "auxiliary")
 _AUX_KEYS = ("hidden", "learning_rate", "risk_reward_below")
 
 __all__ = [
-    "AUXILIARY_NAMES", "AuxState", "META_KINDS", "MetaGradientState", "MetaState", "VALIDATION_OBJECTIVES",
-    "brier_score", "build_meta_learner", "combine", "default_bounds", "forecast", "make_auxiliary",
-    "make_meta_gradient", "meta_gradient", "risk", "roc_auc", "td3_validation_loss", "validation_objective",
+    "AUXILIARY_NAMES", "AuxState", "META_KINDS", "MetaGradientState", "MetaState", "OBJECTIVE_OPTIONS",
+    "VALIDATION_OBJECTIVES", "Validation", "brier_score", "build_meta_learner", "combine", "ddpg_validation_loss",
+    "default_bounds", "forecast", "learned_hparam_names", "make_auxiliary", "make_meta_gradient", "meta_gradient",
+    "ppo_validation", "risk", "roc_auc", "sac_validation_loss", "td3_validation_loss", "td_validation_loss",
+    "validation_objective",
 ]
 
 
@@ -86,10 +96,21 @@ def combine(gradient: MetaLearner | None, aux: MetaLearner | None, interval: int
     return MetaLearner(init=init, update=update, interval=int(interval))
 
 
+def learned_hparam_names(run_config: Any) -> tuple[str, ...]:
+    """The hyperparameters `run_config.meta` asks meta-gradients to learn (() when it asks for none)."""
+    meta = dict(run_config.meta or {})
+    if not any(k in meta for k in _GRADIENT_KEYS):
+        return ()
+    params = meta.get("params", DEFAULT_PARAMS.get(getattr(run_config, "algo", None), ("gamma",)))
+    return (params,) if isinstance(params, str) else tuple(params or ())
+
+
 def default_bounds(name: str, initial: float) -> tuple[float, float]:
     """Bounds used for a meta-learned hyperparameter when the config gives none."""
     if name == "gamma":
         return (0.9, 0.9999)
+    if name == "gae_lambda":
+        return (0.0, 1.0)
     if initial > 0:
         return (initial / 10.0, initial * 10.0)
     raise ValueError(f"meta.bounds.{name} is required (no default range around initial value {initial})")
@@ -135,6 +156,10 @@ def build_meta_learner(run_config: Any, algo: Any, spec: Any) -> MetaLearner | N
         return None
     _check_keys("meta", meta, _META_KEYS)
 
+    if aux_names and getattr(algo, "kind", "off_policy") == "on_policy":
+        raise ValueError(f"auxiliary models ({', '.join(aux_names)}) learn from replay batches and run only "
+                         f"with off-policy algorithms; {getattr(run_config, 'algo', None)} is on-policy "
+                         f"(remove `auxiliary`, keep `meta` for meta-gradients)")
     for name in aux_names:
         if name not in AUXILIARY_NAMES:
             raise ValueError(f"unknown auxiliary model {name!r} (valid: {', '.join(AUXILIARY_NAMES)})")
@@ -188,7 +213,7 @@ def _build_meta_gradient(meta: dict, run_config: Any, algo: Any, spec: Any, inte
         raise ValueError(f"meta-gradients need a validation objective; algorithm {algo_name!r} has none "
                          f"(available for: {', '.join(sorted(VALIDATION_OBJECTIVES))})")
 
-    params = meta.get("params", ("gamma",))
+    params = meta.get("params", DEFAULT_PARAMS.get(algo_name, ("gamma",)))
     if isinstance(params, str):
         params = (params,)
     if not isinstance(params, (list, tuple)) or not params or not all(isinstance(p, str) for p in params):
@@ -233,17 +258,20 @@ def _build_meta_gradient(meta: dict, run_config: Any, algo: Any, spec: Any, inte
         bounds[name] = (low, high)
 
     objective_kwargs = {}
-    if "reference_gamma" in meta:
-        g = _number("meta.reference_gamma", meta["reference_gamma"])
-        if not 0.0 <= g <= 1.0:
-            raise ValueError(f"meta.reference_gamma must be in [0, 1], got {g}")
-        objective_kwargs["reference_gamma"] = g
+    for name in ("reference_gamma", "reference_lambda"):
+        if name in meta:
+            v = _number(f"meta.{name}", meta[name])
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"meta.{name} must be in [0, 1], got {v}")
+            objective_kwargs[name] = v
     if "actor_weight" in meta:
         w = _number("meta.actor_weight", meta["actor_weight"])
         if w < 0:
             raise ValueError(f"meta.actor_weight must be >= 0, got {w}")
         objective_kwargs["actor_weight"] = w
-    objective = validation_objective(algo_name, algo.config, spec, **objective_kwargs)
-    return make_meta_gradient(algo, spec, objective, params=params, meta_lr=meta_lr, bounds=bounds,
-                              interval=interval)
+    if "policy_loss" in meta:
+        objective_kwargs["policy_loss"] = meta["policy_loss"]
+    validation = validation_objective(algo_name, algo.config, spec, **objective_kwargs)
+    return make_meta_gradient(algo, spec, validation.objective, params=params, meta_lr=meta_lr, bounds=bounds,
+                              interval=interval, prepare=validation.prepare)
 

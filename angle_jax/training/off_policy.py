@@ -55,8 +55,9 @@ class MetaLearner(NamedTuple):
 
     init(key, agent_state, spec) -> meta_state
     update(meta_state, agent_state, batch, key) -> (meta_state, agent_state, metrics)
-    `update` may change the agent state (e.g. meta-learned hyperparameters) and
-    sees a replay batch drawn for it alone.
+    `update` may change the agent state (e.g. meta-learned hyperparameters). In the
+    off-policy loop it sees a replay batch drawn for it alone; in the on-policy loop
+    (training/on_policy.py), the fresh rollout, before the agent learns from it.
     """
 
     init: Callable[..., Any]

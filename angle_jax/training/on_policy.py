@@ -6,8 +6,13 @@
 `steps_per_iteration`. One iteration collects `T` vectorised env steps with
 `algo.explore` inside `lax.scan`, lets each module score the rollout and learn,
 then calls `algo.update(agent, rollout, key)` (the algorithm's own
-`epochs x minibatches` steps). Everything is written for one seed; the carry's
-`iteration` counter is shared when vmapping over seeds (training/axes.py).
+`epochs x minibatches` steps). With a `MetaLearner` (e.g. meta-gradients on
+γ and λ, angle_jax/meta/), every `meta.interval` iterations it first sees the
+fresh rollout and the agent that collected it, and may rewrite the agent's
+hyperparameters before `algo.update` learns from the same rollout. Everything
+is written for one seed; the carry's `iteration` counter is shared when
+vmapping over seeds (training/axes.py), so the meta step is a real `lax.cond`
+branch under vmap.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from flax import struct
 from angle_jax.algos.base import Algorithm
 from angle_jax.envs.base import Box, Env
 from angle_jax.training.modules import Module, Rollout, apply_outputs, make_modules
-from angle_jax.training.off_policy import EpisodeAccumulator, make_evaluate
+from angle_jax.training.off_policy import EpisodeAccumulator, MetaLearner, make_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,7 @@ class OnPolicyCarry:
     obs: jax.Array
     key: jax.Array
     iteration: jax.Array  # learning iterations done; shared by all seeds
+    meta: Any = None  # the meta learner's state, if there is one
 
     shared_fields = ("iteration",)
 
@@ -89,9 +95,17 @@ def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Arra
     return rollout, env_state, obs, episodes
 
 
+def nan_like(shapes: Any) -> Any:
+    """NaNs shaped like `shapes` (metrics of a step that did not run; `nanmean` skips them)."""
+    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+
 def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | None = None,
-               modules: tuple[Module, ...] = ()) -> OnPolicyTrain:
-    """Build the pure functions of one on-policy run (one seed)."""
+               modules: tuple[Module, ...] = (), meta: MetaLearner | None = None) -> OnPolicyTrain:
+    """Build the pure functions of one on-policy run (one seed).
+
+    `meta.update(meta_state, agent, rollout, key)` runs at iterations 0, interval,
+    2·interval, ..., before the agent's update on that rollout."""
     spec = env.spec
     if spec.num_envs != loop.num_envs:
         raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
@@ -106,8 +120,21 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         obs, env_state = env.reset(k_env)
         mod_keys = jax.random.split(k_mod, max(1, len(modules)))
         mod_states = tuple(m.init(k, spec) for m, k in zip(modules, mod_keys))
-        carry = OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32))
+        meta_state = None
+        if meta is not None:
+            k_carry, k_meta = jax.random.split(k_carry)
+            meta_state = meta.init(k_meta, agent, spec)
+        carry = OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32), meta_state)
         return strong_types(carry)
+
+    def meta_step(carry: OnPolicyCarry, agent: Any, rollout: Rollout, key: jax.Array):
+        """(meta_state, agent, metrics): the meta update every `meta.interval` iterations, else NaN metrics."""
+        def run_meta():
+            return meta.update(carry.meta, agent, rollout, key)
+
+        shapes = jax.eval_shape(run_meta)[2]
+        return jax.lax.cond(carry.iteration % meta.interval == 0, run_meta,
+                            lambda: (carry.meta, agent, nan_like(shapes)))
 
     def iteration(carry: OnPolicyCarry, episodes: EpisodeAccumulator):
         key, k_roll, k_mod, k_update = jax.random.split(carry.key, 4)
@@ -123,9 +150,13 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
             outputs.append(out)
             metrics.update({f"{module.name}/{name}": v for name, v in {**out.metrics, **m_metrics}.items()})
         rollout = apply_outputs(rollout, outputs)
-        agent, algo_metrics = algo.update(carry.agent, rollout, k_update)
+        agent, meta_state = carry.agent, carry.meta
+        if meta is not None:
+            meta_state, agent, meta_metrics = meta_step(carry, agent, rollout, jax.random.fold_in(k_update, 1))
+            metrics.update(meta_metrics)
+        agent, algo_metrics = algo.update(agent, rollout, k_update)
         metrics.update(algo_metrics)
-        carry = OnPolicyCarry(agent, tuple(mod_states), env_state, obs, key, carry.iteration + 1)
+        carry = OnPolicyCarry(agent, tuple(mod_states), env_state, obs, key, carry.iteration + 1, meta_state)
         return carry, episodes, metrics
 
     def run(carry: OnPolicyCarry, num_iters: int) -> tuple[OnPolicyCarry, dict]:
@@ -138,7 +169,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         (carry, episodes), metrics = jax.lax.scan(body, (carry, EpisodeAccumulator.zeros()), None,
                                                   length=num_iters)
         logs = dict(episodes.summary())
-        logs.update({k: jnp.mean(v) for k, v in metrics.items()})
+        # meta metrics are NaN on iterations without a meta step
+        logs.update({k: (jnp.nanmean if k.startswith("meta/") else jnp.mean)(v) for k, v in metrics.items()})
         return carry, logs
 
     evaluate = make_evaluate(algo, eval_env) if eval_env is not None else None
@@ -169,5 +201,10 @@ def build(run_config, env: Env, eval_env: Env | None = None) -> OnPolicyTrain:
                          f"(rollout_length * num_envs = {steps})")
     modules = make_modules(run_config.modules, run_config.module_kwargs, env.spec)
     algo = source.make(agent_config, env.spec, total_steps=run_config.total_steps)
+    meta = None
+    if run_config.meta or run_config.auxiliary:
+        from angle_jax.meta import build_meta_learner
+
+        meta = build_meta_learner(run_config, algo, env.spec)
     loop = OnPolicyLoop(run_config.num_envs, agent_config.rollout_length, run_config.total_steps // steps)
-    return make_train(algo, env, loop, eval_env, modules)
+    return make_train(algo, env, loop, eval_env, modules, meta)
