@@ -24,6 +24,7 @@ from angle_jax.config import RunConfig
 from angle_jax.meta import build_meta_learner
 from angle_jax.training.axes import seed_axes
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
+from angle_jax.xla_cpu import unrolled_threefry
 
 
 def parse_args():
@@ -40,6 +41,8 @@ def parse_args():
     p.add_argument("--gamma-bounds", default="0.9,0.999")
     p.add_argument("--eval-envs", type=int, default=5)
     p.add_argument("--variants", default="baseline,meta")
+    p.add_argument("--env", default="Pendulum-v1")
+    p.add_argument("--plot", help="write a PNG of the meta-learned hyperparameters over env steps")
     return p.parse_args()
 
 
@@ -69,7 +72,8 @@ def run_variant(name: str, args, env, eval_env, cfg) -> dict:
 
     t0 = time.perf_counter()
     carry = init(keys)
-    compiled = run.lower(carry).compile()
+    with unrolled_threefry():
+        compiled = run.lower(carry).compile()
     compile_s = time.perf_counter() - t0
 
     chunks, timed_s, timed_steps = [], 0.0, 0
@@ -103,10 +107,10 @@ def run_variant(name: str, args, env, eval_env, cfg) -> dict:
 
 def main():
     args = parse_args()
-    env = registry.make_env("Pendulum-v1", 1)
-    eval_env = registry.make_env("Pendulum-v1", args.eval_envs)
+    env = registry.make_env(args.env, 1)
+    eval_env = registry.make_env(args.env, args.eval_envs)
     cfg = td3.Config(actor_hidden=(args.hidden,) * 2, critic_hidden=(args.hidden,) * 2)
-    out = {"env": "Pendulum-v1", "algo": "td3", "seeds": args.seeds, "steps": args.steps, "chunk": args.chunk,
+    out = {"env": args.env, "algo": "td3", "seeds": args.seeds, "steps": args.steps, "chunk": args.chunk,
            "interval": args.interval, "params": args.params.split(","), "meta_lr": args.meta_lr,
            "backend": jax.default_backend(), "variants": {}}
     for name in args.variants.split(","):
@@ -115,6 +119,30 @@ def main():
     if "baseline" in v and "meta" in v and v["baseline"]["steps_per_s"] and v["meta"]["steps_per_s"]:
         out["meta_slowdown"] = round(1.0 - v["meta"]["steps_per_s"] / v["baseline"]["steps_per_s"], 3)
     print(json.dumps(out))
+    if args.plot and "meta" in v:
+        plot_hparams(v["meta"]["chunks"], args.plot, f"TD3 {args.env}, {args.seeds} seeds, interval {args.interval}")
+
+
+def plot_hparams(chunks: list, path: str, title: str) -> None:
+    """One panel per meta-learned hyperparameter: every seed (thin) and their mean (thick)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(k for k in chunks[0] if k.startswith("meta/") and not k.startswith("meta/meta"))
+    names = [n for n in names if any(c.get(n) and c[n][0] is not None for c in chunks)]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+    steps = [c["env_steps"] for c in chunks]
+    for ax, name in zip(axes[0], names):
+        values = np.array([[np.nan if x is None else x for x in c[name]] for c in chunks], np.float64)
+        ax.plot(steps, values, lw=0.6, alpha=0.5)
+        ax.plot(steps, np.nanmean(values, axis=1), lw=2.0, color="black", label="mean")
+        ax.set_xlabel("env steps")
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -648,3 +648,30 @@ def test_train_py_runs_ppo_with_meta_gradients_and_logs_gamma_and_lambda(tmp_pat
     assert set(learned) == {"gamma", "gae_lambda"} and len(learned["gamma"]) == 2
     assert all(0.9 <= g <= 0.9999 for g in learned["gamma"]) and all(0.0 <= v <= 1.0 for v in learned["gae_lambda"])
     assert learned["gamma"] != [0.99, 0.99]
+
+
+def test_td3_meta_gradient_is_finite_with_dead_relu_units():
+    """A ReLU critic with units that never fire has exactly-zero gradient entries; the
+    meta-gradient through Adam's sqrt(v) must still be finite (the step is not skipped)."""
+    env = registry.make_env("Pendulum-v1", 1)
+    cfg = td3.Config(actor_hidden=(32, 32), critic_hidden=(32, 32), activation="relu")
+    algo = td3.make(cfg, env.spec)
+    learner = build_meta_learner(RunConfig(algo="td3", agent=cfg, meta={
+        "kind": "meta_gradient", "interval": 10, "params": ["gamma", "critic_lr"], "meta_lr": 1e-3,
+        "bounds": {"gamma": [0.9, 0.999]}}), algo, env.spec)
+    key = jax.random.PRNGKey(0)
+    state = algo.init(key, env.spec)
+    # Kill the first critic layer's units for every input: their gradients are exactly zero.
+    state = state.replace(critic_params=jax.tree_util.tree_map_with_path(
+        lambda path, x: x - 100.0 if "Dense_0" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path)
+        else x, state.critic_params))
+    b = 64
+    batch = Transition(jax.random.normal(key, (b, 3)), jax.random.uniform(key, (b, 1), minval=-1, maxval=1),
+                       jax.random.normal(key, (b,)), jnp.zeros(b, bool), jnp.zeros(b, bool),
+                       jax.random.normal(jax.random.fold_in(key, 1), (b, 3)))
+    for i in range(3):
+        state, _ = algo.update(state, batch, jax.random.fold_in(key, i))
+    _, new_state, metrics = jax.jit(learner.update)(learner.init(key, state, env.spec), state, batch, key)
+    assert float(metrics["meta/skipped"]) == 0.0
+    assert np.isfinite(float(metrics["meta/grad_norm"])) and float(metrics["meta/grad_norm"]) > 0.0
+    assert float(new_state.hparams.gamma) != float(state.hparams.gamma)

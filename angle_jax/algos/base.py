@@ -113,7 +113,9 @@ def direction_optimizer(max_grad_norm: float = 0.0, eps: float = 1e-8) -> optax.
     parts = []
     if max_grad_norm and max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts.append(optax.scale_by_adam(eps=eps))
+    # eps_root keeps d sqrt(v)/dv finite where a gradient is exactly zero (dead ReLU units):
+    # without it, meta-gradients through this step are NaN (optax documents the same).
+    parts.append(optax.scale_by_adam(eps=eps, eps_root=1e-16))
     return flattened(optax.chain(*parts))
 
 

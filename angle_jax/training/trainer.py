@@ -265,6 +265,7 @@ class Trainer:
                 (big, rest), logs = compiled(*_split_buffer(carry))
                 return _join_buffer(big, rest), logs
 
+            chunk.as_text = compiled.as_text  # the compiled HLO, for inspection
             self._runs[num_iters] = chunk
         return self._runs[num_iters]
 
