@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from angle_jax.algos.base import Transition  # noqa: E402
 from angle_jax.config import CONFIG_DIR, load_config  # noqa: E402
@@ -33,24 +34,11 @@ from angle_jax.xla_cpu import unrolled_threefry  # noqa: E402
 
 
 def raw_env_seconds(task: str, num_envs: int, threads: int, vec_steps: int) -> float:
-    import envpool
+    """Seconds for `vec_steps` raw envpool XLA steps in a compiled scan (compile excluded)."""
+    from bench_envpool import bench_raw_xla_scan
 
-    env = envpool.make(task, env_type="gymnasium", num_envs=num_envs, num_threads=threads, seed=0)
-    env.reset()
-    handle, _, _, step = env.xla()
-    acts = jax.random.randint(jax.random.PRNGKey(0), (vec_steps, num_envs), 0, env.action_space.n, jnp.int32)
-
-    @jax.jit
-    def run(h, acts):
-        return jax.lax.scan(lambda h, a: (step(h, a)[0], None), h, acts)[0]
-
-    handle = run(handle, acts)  # compile + warm
-    jax.block_until_ready(handle)
-    start = time.perf_counter()
-    jax.block_until_ready(run(handle, acts))
-    seconds = time.perf_counter() - start
-    env.close()
-    return seconds
+    steps_per_s, _ = bench_raw_xla_scan(task, num_envs, threads, vec_steps)
+    return vec_steps * num_envs / steps_per_s
 
 
 def learner_seconds(trainer: Trainer, algo: str, updates: int) -> float:
