@@ -134,67 +134,69 @@ def test_eta_stays_in_bounds_with_huge_meta_lr():
     assert np.all(np.isfinite(np.asarray(norms)))
 
 
-# ---- TD3 -----------------------------------------------------------------------------------------
+# ---- TD3, SAC and DDPG: meta-gradients against finite differences --------------------------------
 
-def _differentiable_twin_q_target(next_q, reward, terminated, gamma):
-    """`td3.twin_q_target` without its inner stop-gradient (the target is already outside the
-    critic objective), so the target's dependence on γ and the smoothing noise is visible."""
-    return reward + gamma * (1.0 - terminated.astype(jnp.float32)) * jnp.min(next_q, axis=0)
-
-
-def test_td3_meta_gradient_matches_finite_differences(monkeypatch):
-    """The TD3 meta-gradient w.r.t. critic_lr and γ against central differences (float32).
-
-    The meta-gradient is a semi-gradient (the objective's bootstrap target is held fixed),
-    so the finite differences are taken of the objective whose target networks are frozen
-    at their values for the unperturbed η. γ is differentiable through the update only if
-    the TD target is not wrapped in stop_gradient; the patched `twin_q_target` is the
-    proposed form of td3.twin_q_target.
-    """
-    monkeypatch.setattr(td3, "twin_q_target", _differentiable_twin_q_target)
-    env = registry.make_env("Pendulum-v1", 1)
-    # a large critic step size so that γ's effect on the objective stands well above float32 noise
-    cfg = td3.Config(actor_hidden=(8,), critic_hidden=(8,), policy_delay=2, critic_lr=3e-2)
-    algo = td3.make(cfg, env.spec)
-    k = jax.random.split(jax.random.PRNGKey(0), 6)
-    n = 32
-    batch = Transition(
+def pendulum_transitions(key, n):
+    """Random Pendulum-shaped transitions (obs [n, 3], action in [-1, 1]), some terminal."""
+    k = jax.random.split(key, 5)
+    return Transition(
         obs=jax.random.normal(k[0], (n, 3)), action=jax.random.uniform(k[1], (n, 1), minval=-1, maxval=1),
         reward=jax.random.normal(k[2], (n,)), terminated=jax.random.bernoulli(k[3], 0.2, (n,)),
         truncated=jnp.zeros((n,), jnp.bool_), next_obs=jax.random.normal(k[4], (n, 3)))
-    objective = td3_validation_loss(cfg, env.spec)
+
+
+def assert_meta_gradient_matches_finite_differences(algo, objective, frozen, names=("critic_lr", "gamma"),
+                                                    rel=1e-2):
+    """The meta-gradient w.r.t. `names` against central differences of relative step `rel` (float32).
+
+    The meta-gradient is a semi-gradient (the objective's bootstrap target is held fixed), so the
+    differences score `frozen(base, new)`: the perturbed update `new` with the target networks of
+    the unperturbed update `base`. A few updates come first, so Adam's moments are not trivial.
+    Returns the agent's step count after the inner update.
+    """
+    env = registry.make_env("Pendulum-v1", 1)
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    batch = pendulum_transitions(k[0], 32)
     train, val = split_batch(batch)
     key = jax.random.PRNGKey(7)
     k_update, k_val = jax.random.split(key)
-    names = ("critic_lr", "gamma")
-    rel = 1e-2
 
     @jax.jit
     def problem(init_key):
         state = algo.init(init_key, env.spec)
-        # a few steps first, so that Adam's moments are not trivial
         state, _ = jax.lax.scan(lambda st, kk: (algo.update(st, batch, kk)[0], None), state,
                                 jax.random.split(jax.random.PRNGKey(10), 3))
         eta = {n: getattr(state.hparams, n) for n in names}
         value, grads = meta_gradient(algo.update, objective, state, eta, train, val, key)
         base, _ = algo.update(state, train, k_update)
 
-        def frozen(e):
+        def perturbed(e):
             new, _ = algo.update(set_hparams(state, e), train, k_update)
-            new = new.replace(actor_target=base.actor_target, critic_target=base.critic_target)
-            return objective(new, val, k_val)
+            return objective(frozen(base, new), val, k_val)
 
         points = [dict(eta, **{n: eta[n] * (1.0 + sign * rel)}) for n in names for sign in (1.0, -1.0)]
-        values = jax.vmap(frozen)(jax.tree.map(lambda *x: jnp.stack(x), *points))
+        values = jax.vmap(perturbed)(jax.tree.map(lambda *x: jnp.stack(x), *points))
         return value, grads, values, eta, base.step
 
     value, grads, values, eta, step = problem(k[5])
-    assert int(step) % cfg.policy_delay == 0  # the inner update includes an actor step
     assert np.isfinite(float(value))
     for i, n in enumerate(names):
         fd = (values[2 * i] - values[2 * i + 1]) / (2 * rel * float(eta[n]))
         assert abs(float(grads[n])) > 0, n
         np.testing.assert_allclose(float(grads[n]), float(fd), rtol=5e-2, err_msg=n)
+    return step
+
+
+def test_td3_meta_gradient_matches_finite_differences():
+    """TD3's meta-gradient w.r.t. critic_lr and γ; γ reaches the update through the TD target,
+    which `bellman_target` leaves differentiable."""
+    env = registry.make_env("Pendulum-v1", 1)
+    # a large critic step size so that γ's effect on the objective stands well above float32 noise
+    cfg = td3.Config(actor_hidden=(8,), critic_hidden=(8,), policy_delay=2, critic_lr=3e-2)
+    step = assert_meta_gradient_matches_finite_differences(
+        td3.make(cfg, env.spec), td3_validation_loss(cfg, env.spec),
+        lambda base, new: new.replace(actor_target=base.actor_target, critic_target=base.critic_target))
+    assert int(step) % cfg.policy_delay == 0  # the inner update includes an actor step
 
 
 def _vmapped(train, num_seeds, num_iters):
@@ -363,15 +365,6 @@ def test_good_configs_build(td3_setup):
 
 # ---- SAC and DDPG --------------------------------------------------------------------------------
 
-def pendulum_transitions(key, n):
-    """Random Pendulum-shaped transitions (obs [n, 3], action in [-1, 1]), some terminal."""
-    k = jax.random.split(key, 5)
-    return Transition(
-        obs=jax.random.normal(k[0], (n, 3)), action=jax.random.uniform(k[1], (n, 1), minval=-1, maxval=1),
-        reward=jax.random.normal(k[2], (n,)), terminated=jax.random.bernoulli(k[3], 0.2, (n,)),
-        truncated=jnp.zeros((n,), jnp.bool_), next_obs=jax.random.normal(k[4], (n, 3)))
-
-
 @pytest.mark.parametrize("name", ["sac", "ddpg"])
 def test_sac_ddpg_meta_gradients_match_finite_differences(name):
     """critic_lr and γ meta-gradients of SAC and DDPG (shared TD objective) against central
@@ -380,39 +373,9 @@ def test_sac_ddpg_meta_gradients_match_finite_differences(name):
     module, factory = {"sac": (sac, sac_validation_loss), "ddpg": (ddpg, ddpg_validation_loss)}[name]
     env = registry.make_env("Pendulum-v1", 1)
     cfg = module.Config(actor_hidden=(8,), critic_hidden=(8,), critic_lr=3e-2)
-    algo = module.make(cfg, env.spec)
-    k = jax.random.split(jax.random.PRNGKey(0), 6)
-    batch = pendulum_transitions(k[0], 32)
-    objective = factory(cfg, env.spec)
-    train, val = split_batch(batch)
-    key = jax.random.PRNGKey(7)
-    k_update, k_val = jax.random.split(key)
-    names = ("critic_lr", "gamma")
-    rel = 1e-2
-
-    @jax.jit
-    def problem(init_key):
-        state = algo.init(init_key, env.spec)
-        state, _ = jax.lax.scan(lambda st, kk: (algo.update(st, batch, kk)[0], None), state,
-                                jax.random.split(jax.random.PRNGKey(10), 3))
-        eta = {n: getattr(state.hparams, n) for n in names}
-        value, grads = meta_gradient(algo.update, objective, state, eta, train, val, key)
-        base, _ = algo.update(state, train, k_update)
-
-        def frozen(e):
-            new, _ = algo.update(set_hparams(state, e), train, k_update)
-            return objective(base.replace(critic_params=new.critic_params), val, k_val)
-
-        points = [dict(eta, **{n: eta[n] * (1.0 + sign * rel)}) for n in names for sign in (1.0, -1.0)]
-        values = jax.vmap(frozen)(jax.tree.map(lambda *x: jnp.stack(x), *points))
-        return value, grads, values, eta
-
-    value, grads, values, eta = problem(k[5])
-    assert np.isfinite(float(value))
-    for i, n in enumerate(names):
-        fd = (values[2 * i] - values[2 * i + 1]) / (2 * rel * float(eta[n]))
-        assert abs(float(grads[n])) > 0, n
-        np.testing.assert_allclose(float(grads[n]), float(fd), rtol=5e-2, err_msg=n)
+    assert_meta_gradient_matches_finite_differences(
+        module.make(cfg, env.spec), factory(cfg, env.spec),
+        lambda base, new: base.replace(critic_params=new.critic_params))
 
 
 @pytest.mark.parametrize("name", ["sac", "ddpg"])
