@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from angle_jax.algos.base import Transition  # noqa: E402
 from angle_jax.config import CONFIG_DIR, load_config  # noqa: E402
 from angle_jax.training.modules import Rollout  # noqa: E402
-from angle_jax.training.trainer import Trainer  # noqa: E402
+from angle_jax.training.trainer import Trainer, first_run  # noqa: E402
 from angle_jax.xla_cpu import unrolled_threefry  # noqa: E402
 
 
@@ -44,8 +44,7 @@ def raw_env_seconds(task: str, num_envs: int, threads: int, vec_steps: int) -> f
 def learner_seconds(trainer: Trainer, algo: str, updates: int) -> float:
     """`updates` learner calls on random data shaped like the loop's (replay batches / rollouts)."""
     spec, update = trainer.env.spec, trainer.algo.update
-    agent = jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[0], sub),
-                         trainer.axes.agent, trainer.agent_params(), is_leaf=lambda x: x is None)
+    agent = first_run(trainer.axes.agent, trainer.agent_params())
     key = jax.random.PRNGKey(1)
     n = spec.num_envs
     if algo == "dqn":

@@ -42,7 +42,7 @@ def parse_args():
     p.add_argument("--eval-envs", type=int, default=5)
     p.add_argument("--variants", default="baseline,meta")
     p.add_argument("--env", default="Pendulum-v1")
-    p.add_argument("--plot", help="write a PNG of the meta-learned hyperparameters over env steps")
+    p.add_argument("--plot", help="write a PNG of the meta-learned hyperparameters over env steps (needs matplotlib)")
     return p.parse_args()
 
 

@@ -166,17 +166,9 @@ class Trainer:
         if self.vmappable:
             return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
-        def take(axes, tree):
-            return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[0], sub),
-                                axes, tree, is_leaf=lambda x: x is None)
-
-        def put(axes, tree):
-            return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[None], sub),
-                                axes, tree, is_leaf=lambda x: x is None)
-
         def one(*args):
             axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-            return put(out_axes, fn(*(take(a, x) for a, x in zip(axes, args))))
+            return with_run_axis(out_axes, fn(*(first_run(a, x) for a, x in zip(axes, args))))
 
         return one
 
@@ -305,7 +297,7 @@ class Trainer:
     def _checkpoint_tree(self, carry):
         if self._save_buffer(carry):
             return carry
-        return carry.replace(buffer=None) if hasattr(carry, "buffer") else carry
+        return _split_buffer(carry)[1]
 
     def _save_buffer(self, carry) -> bool:
         if self.config.save_buffer is not None:
@@ -414,6 +406,19 @@ class Trainer:
             if ckpt_every and self.step // ckpt_every > prev_step // ckpt_every:
                 self.save_checkpoint()
             yield log_data
+
+
+def first_run(axes: Any, tree: Any) -> Any:
+    """Run 0 of a tree batched over runs; leaves whose axis in the `seed_axes` prefix `axes`
+    is None (shared counters) are kept as they are."""
+    return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[0], sub),
+                        axes, tree, is_leaf=lambda x: x is None)
+
+
+def with_run_axis(axes: Any, tree: Any) -> Any:
+    """The inverse of `first_run` for one run: a leading run axis of 1 on batched leaves."""
+    return jax.tree.map(lambda a, sub: sub if a is None else jax.tree.map(lambda x: x[None], sub),
+                        axes, tree, is_leaf=lambda x: x is None)
 
 
 def _split_buffer(carry):
