@@ -31,6 +31,20 @@ def test_generator_yields_one_dict_per_chunk_with_expected_keys(tmp_path):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 
+def test_every_chunk_length_compiles_before_the_first_step():
+    # 1,300 steps in chunks of 500: lengths 500 and 300, both compiled (beside init) up front.
+    config = load_config(overrides=TINY_TD3 + ["total_steps=1300", "log_interval=500", "eval_interval=0"],
+                         algo="td3", env="Pendulum-v1")
+    trainer = Trainer(config)
+    trainer.carry = trainer.init_carry()
+    assert trainer._init_compiled is not None
+    assert sorted(trainer._runs) == sorted({trainer.chunk_iters, trainer.total_iters % trainer.chunk_iters})
+    compile_s = trainer.compile_s
+    out = list(trainer())
+    assert [d["step"] for d in out][-1] >= 1300
+    assert trainer.compile_s == compile_s  # nothing left to compile during training
+
+
 def test_tensorboard_events_read_back(trained_run):
     from tensorboardX.proto import event_pb2
 

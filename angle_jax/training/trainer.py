@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,6 +143,10 @@ class Trainer:
         run_abstract = jax.eval_shape(self._vmap(self._init_run, out_axes=self.axes), self.keys, self.hparam_values)
         self.shardings = (None if self.mesh is None else
                           parallel.carry_shardings(self.mesh, self.axes, run_abstract, self.shards))
+        # The carry's shapes, dtypes and layout: chunks compile from it before the carry exists.
+        self.carry_spec = (run_abstract if self.shardings is None else jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh, weak_type=a.weak_type),
+            run_abstract, self.shardings))
         self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
         self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
         self._init_compiled = None
@@ -244,41 +249,87 @@ class Trainer:
         return jax.process_index() == 0
 
     # ---- compiled pieces -------------------------------------------------------
-    def _timed_compile(self, fn, *args):
-        t0 = time.perf_counter()
-        with xla_cpu.unrolled_threefry():
-            compiled = fn.lower(*args).compile()
-        self.compile_s += time.perf_counter() - t0
-        return compiled
-
-    def _run_fn(self, num_iters: int):
-        """The compiled chunk `carry -> (carry, logs)`.
+    def _lower_run(self, num_iters: int):
+        """The chunk `carry -> (carry, logs)` of `num_iters` iterations, lowered (not compiled).
 
         Only the replay buffer is donated (updated in place): it is the part whose
         size matters, and donating the small loop state as well measured about 2x
         slower per step on XLA:CPU (jax 0.10.2, TD3 Pendulum, benchmarks/RESULTS.md)."""
-        if num_iters not in self._runs:
-            run = self._vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
+        run = self._vmap(lambda c: self._run_run(c, num_iters), in_axes=(self.axes,), out_axes=(self.axes, 0))
 
-            def run_split(big, rest):
-                carry, logs = run(_join_buffer(big, rest))
-                return _split_buffer(carry), logs
+        def run_split(big, rest):
+            carry, logs = run(_join_buffer(big, rest))
+            return _split_buffer(carry), logs
 
-            out = self._out((None if self.shardings is None else _split_buffer(self.shardings), self.replicated))
-            compiled = self._timed_compile(jax.jit(run_split, donate_argnums=0, **out), *_split_buffer(self.carry))
+        out = self._out((None if self.shardings is None else _split_buffer(self.shardings), self.replicated))
+        with xla_cpu.unrolled_threefry():
+            return jax.jit(run_split, donate_argnums=0, **out).lower(*_split_buffer(self.carry_spec))
 
+    def _compile(self, programs: dict) -> dict:
+        """Compile lowered programs `{name: (lowered, options)}` side by side; time it into `compile_s`.
+
+        XLA compiles one program on one core and releases the GIL meanwhile, so the init
+        program and the chunks compile concurrently on a multi-core host."""
+        t0 = time.perf_counter()
+        if len(programs) == 1:
+            ((name, (lowered, options)),) = programs.items()
+            done = {name: lowered.compile(options)}
+        else:
+            with ThreadPoolExecutor(max_workers=len(programs)) as pool:
+                futures = {name: pool.submit(lowered.compile, options) for name, (lowered, options) in programs.items()}
+                done = {name: f.result() for name, f in futures.items()}
+        self.compile_s += time.perf_counter() - t0
+        return done
+
+    def _add_runs(self, compiled_runs: dict) -> None:
+        for num_iters, compiled in compiled_runs.items():
             def chunk(carry, compiled=compiled):
                 (big, rest), logs = compiled(*_split_buffer(carry))
                 return _join_buffer(big, rest), logs
 
             chunk.as_text = compiled.as_text  # the compiled HLO, for inspection
             self._runs[num_iters] = chunk
+
+    def _chunk_sizes(self) -> list[int]:
+        """The chunk lengths (iterations) the remaining budget needs: full chunks and a last, shorter one."""
+        left = self.total_iters - self.iteration
+        sizes = [min(self.chunk_iters, left)] if left > 0 else []
+        if left > self.chunk_iters and left % self.chunk_iters:
+            sizes.append(left % self.chunk_iters)
+        return sizes
+
+    def compile(self, with_init: bool = True, with_chunks: bool = True) -> None:
+        """Lower and compile the init program and every chunk length the run needs, concurrently."""
+        t0 = time.perf_counter()
+        programs = {}
+        if with_init and self._init_compiled is None:
+            programs["init"] = (self._init.lower(self.keys, self.hparam_values), xla_cpu.run_once_options())
+        for n in self._chunk_sizes() if with_chunks else ():
+            if n not in self._runs:
+                programs[n] = (self._lower_run(n), None)
+        self.compile_s += time.perf_counter() - t0
+        if not programs:
+            return
+        done = self._compile(programs)
+        if "init" in done:
+            self._init_compiled = done.pop("init")
+        self._add_runs(done)
+
+    def _run_fn(self, num_iters: int):
+        """The compiled chunk `carry -> (carry, logs)` of `num_iters` iterations."""
+        if num_iters not in self._runs:
+            t0 = time.perf_counter()
+            lowered = self._lower_run(num_iters)
+            self.compile_s += time.perf_counter() - t0
+            self._add_runs(self._compile({num_iters: (lowered, None)}))
         return self._runs[num_iters]
 
-    def init_carry(self):
-        t0 = time.perf_counter()
+    def init_carry(self, with_chunks: bool = True):
+        """The initial carry of every run; compiles the init program first (and, with
+        `with_chunks`, the chunks of the run alongside it)."""
         if self._init_compiled is None:
-            self._init_compiled = self._init.lower(self.keys, self.hparam_values).compile(xla_cpu.run_once_options())
+            self.compile(with_init=True, with_chunks=with_chunks)
+        t0 = time.perf_counter()
         carry = self._init_compiled(self.keys, self.hparam_values)
         jax.block_until_ready(carry)
         self.compile_s += time.perf_counter() - t0
@@ -319,7 +370,7 @@ class Trainer:
         """Load the newest readable checkpoint into `carry`; False when there is none."""
         if self.checkpoints is None:
             return False
-        template = self.to_host(self.init_carry())
+        template = self.to_host(self.init_carry(with_chunks=False))
         found = None
         for step in reversed(self.checkpoints.all_steps()):
             path = self.checkpoints.path_for(step)
