@@ -226,7 +226,17 @@ def test_registry_and_configs_parse():
     assert registry.load_algo("rainbow").ACTION_KIND == "discrete"
     run = load_config(CONFIGS / "dqn_cartpole.yaml")
     assert run.algo == "dqn" and run.env == "CartPole-v1" and isinstance(run.agent, dqn.Config)
-    assert run.agent.double and run.agent.hidden == (64, 64)
+    assert run.agent.double and run.agent.hidden == (120, 84) and run.agent.n_step == 1
+    assert run.agent.tau == 0.005 and run.agent.target_update_interval == 1 and run.agent.gamma == 0.995
+    # PureJaxRL's CartPole settings mapped onto ours (benchmarks/bench_dqn.py speed): equal work per env step
+    run = load_config(CONFIGS / "dqn_cartpole_purejaxrl.yaml")
+    a = run.agent
+    assert (run.num_envs, run.total_steps, run.buffer_size, run.batch_size) == (10, 500_000, 10_000, 128)
+    assert (run.learning_starts, run.train_frequency, run.gradient_steps) == (10_000, 1, 1)
+    assert not (a.double or a.dueling or a.prioritized or a.distributional or a.noisy)
+    assert (a.n_step, a.loss, a.hidden, a.max_grad_norm) == (1, "mse", (120, 84), 0.0)
+    # 500 env steps between hard copies = 50 vectorised steps of 10 envs, one update each
+    assert (a.target_update_interval, a.tau, a.epsilon_decay_steps) == (50, 1.0, 250_000)
     run = load_config(CONFIGS / "rainbow_minatar.yaml")
     assert run.algo == "rainbow" and run.env == "Breakout-MinAtar" and isinstance(run.agent, rainbow.Config)
     a = run.agent
