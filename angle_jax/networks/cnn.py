@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from angle_jax.networks.initializers import orthogonal
+
 
 def scale_frames(obs: jax.Array) -> jax.Array:
     """uint8 (any integer) frames -> float32 in [0, 1]; float inputs are taken as already scaled.
@@ -86,7 +88,7 @@ class NatureCNN(nn.Module):
 
     features: int | None = 512
     channels_first: bool = True
-    kernel_init: Callable = nn.initializers.orthogonal(np.sqrt(2))
+    kernel_init: Callable = orthogonal(np.sqrt(2))
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:

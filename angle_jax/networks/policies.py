@@ -22,11 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from angle_jax.networks.cnn import Conv
+from angle_jax.networks.initializers import orthogonal
 from angle_jax.networks.mlp import activation as get_activation
-
-
-def orthogonal(scale: float):
-    return nn.initializers.orthogonal(scale)
 
 
 def to_float(obs: jax.Array) -> jax.Array:

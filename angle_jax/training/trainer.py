@@ -135,7 +135,6 @@ class Trainer:
         self.devices = list(jax.devices() if devices is None else devices)
         self.mesh = parallel.make_mesh(self.runs, self.shards, self.devices)
         self._check_hosts()
-        self._check_modules_per_device(config)
         self.vmappable = getattr(getattr(self.env, "unwrapped", self.env), "vmappable", True)
         if not self.vmappable and self.runs * self.shards > 1:
             raise ConfigError(f"{config.env} runs outside JAX (one env pool per process) and cannot be "
@@ -209,19 +208,6 @@ class Trainer:
                               f"runs ({self.runs}) x data_parallel ({self.shards}) spread over "
                               f"{len(self.devices)} devices uses only {used}; make data_parallel a multiple "
                               f"of the device count")
-
-    def _check_modules_per_device(self, config) -> None:
-        """Refuse, before compiling, what is known to stall: on XLA:CPU (jax 0.10.2) the init
-        program of an on-policy run with modules (e.g. PPO + RND) never finishes when more
-        than one run shares a device (benchmarks/RESULTS.md)."""
-        modules = list(getattr(config, "modules", []) or [])
-        used = 1 if self.mesh is None else self.mesh.devices.size
-        per_device = self.runs * self.shards / max(1, used)
-        if modules and per_device > 1 and jax.default_backend() == "cpu":
-            raise ConfigError(f"modules {modules} with {self.runs * self.shards} runs on {used} CPU device(s) "
-                              f"stall in XLA:CPU when several runs share a device; use at most {used} "
-                              f"seed(s) x sweep configs (one run per device), or more host devices via "
-                              f"XLA_FLAGS=--xla_force_host_platform_device_count=N")
 
     def _out(self, shardings) -> dict:
         """`out_shardings` for jit when the run is laid on a mesh, else nothing."""
