@@ -34,6 +34,9 @@ def train_sac(overrides: list[str], seeds: int, total_steps: int, preset: bool) 
     from angle_jax.config import CONFIG_DIR, load_config
     from angle_jax.training.trainer import Trainer
 
+    import gymnax  # noqa: F401  (imported before the clock starts, as the rejax peer script imports
+    # rejax and gymnax before timing its compile; gymnax's import pulls in seaborn and takes ~1-3 s)
+
     config = load_config(CONFIG_DIR / "sac_pendulum.yaml" if preset else None,
                          overrides + [f"log_interval={max(1, total_steps // 5)}"],
                          algo="sac", env="Pendulum-v1", seeds=seeds, total_steps=total_steps)

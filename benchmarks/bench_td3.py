@@ -48,6 +48,9 @@ def run(overrides, seeds, total_steps, target=None, preset=False):
     from angle_jax.config import CONFIG_DIR, load_config
     from angle_jax.training.trainer import Trainer
 
+    import gymnax  # noqa: F401  (imported before the clock starts, as the rejax peer script imports
+    # rejax and gymnax before timing its compile; gymnax's import pulls in seaborn and takes ~1-3 s)
+
     cfg_file = CONFIG_DIR / "td3_pendulum.yaml" if preset else None
     config = load_config(cfg_file, overrides, algo="td3", env="Pendulum-v1", seeds=seeds, total_steps=total_steps)
     start = time.perf_counter()

@@ -1,0 +1,99 @@
+"""Rainbow against DQN on a gymnax MinAtar game at the same budget: learning curves.
+
+Both arms use `configs/rainbow_minatar.yaml` (same torso, replay size, batch, replay ratio,
+target copy interval); the DQN arm switches every Rainbow component off and explores
+ε-greedily. Seeds are vmapped in one program per arm. Prints one JSON object (per arm:
+mean training episode return per seed after every chunk, final greedy eval per seed,
+steps/s) and optionally plots the curves.
+
+    python benchmarks/bench_minatar.py --seeds 3 --steps 300000 --plot benchmarks/minatar_breakout.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+DQN_ARM = [
+    "algo=dqn", "agent.double=false", "agent.dueling=false", "agent.n_step=1", "agent.prioritized=false",
+    "agent.distributional=false", "agent.noisy=false", "agent.epsilon_start=1.0", "agent.epsilon_end=0.1",
+    "agent.epsilon_decay_steps=100000", "agent.learning_rate=2.5e-4",
+]
+
+
+def run_arm(name: str, overrides: list[str], args) -> dict:
+    from angle_jax.config import CONFIG_DIR, load_config
+    from angle_jax.training.trainer import Trainer
+
+    common = [f"log_interval={args.chunk}", "eval_interval=0", f"eval_episodes={args.eval_episodes}",
+              "progress=false", "tensorboard=false", f"agent.per_beta_steps={args.steps}"]
+    config = load_config(CONFIG_DIR / "rainbow_minatar.yaml", common + overrides, algo=None, env=args.env,
+                         seeds=args.seeds, total_steps=args.steps)
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    curve = []
+    for log in trainer():
+        curve.append({"env_steps": log["step"],
+                      "episode_return": [round(x, 3) for x in log["per_seed"]["episode_return_mean"]]})
+        print(name, log["step"], round(log["episode_return_mean"], 2), file=sys.stderr, flush=True)
+    wall = time.perf_counter() - start
+    returns = trainer.evaluate().mean(axis=1)
+    train_s = wall - trainer.compile_s
+    return {"algo": config.algo, "compile_s": round(trainer.compile_s, 2),
+            "agent_steps_per_s": round(args.seeds * args.steps / train_s, 1),
+            "final_eval_return_mean": round(float(returns.mean()), 2),
+            "final_eval_return_per_seed": [round(float(x), 2) for x in returns], "curve": curve}
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, arm), color in zip(result["arms"].items(), ("tab:blue", "tab:red")):
+        steps = [c["env_steps"] for c in arm["curve"]]
+        values = np.array([c["episode_return"] for c in arm["curve"]], dtype=float)
+        for s in range(values.shape[1]):
+            ax.plot(steps, values[:, s], color=color, lw=0.6, alpha=0.4)
+        ax.plot(steps, np.nanmean(values, axis=1), color=color, lw=2.0, label=f"{name} (mean of {values.shape[1]})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("training episode return")
+    ax.set_title(f"{result['env']}: Rainbow vs DQN, same budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    from bench_td3 import machine
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="Breakout-MinAtar")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=300_000)
+    p.add_argument("--chunk", type=int, default=20_000, help="env steps per compiled chunk (one curve point)")
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--arms", default="rainbow,dqn")
+    p.add_argument("--plot", help="write the learning curves to this PNG (needs matplotlib)")
+    args = p.parse_args()
+    arms = {"rainbow": ["algo=rainbow"], "dqn": DQN_ARM}
+    result = {"env": args.env, "seeds": args.seeds, "steps": args.steps, "arms": {}}
+    for name in args.arms.split(","):
+        result["arms"][name] = run_arm(name, arms[name], args)
+    result["machine"] = machine()
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
