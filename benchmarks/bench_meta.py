@@ -24,7 +24,7 @@ from angle_jax.config import RunConfig
 from angle_jax.meta import build_meta_learner
 from angle_jax.training.axes import seed_axes
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
-from angle_jax.xla_cpu import unrolled_threefry
+from angle_jax.xla_cpu import loop_options, unrolled_threefry
 
 
 def parse_args():
@@ -73,7 +73,7 @@ def run_variant(name: str, args, env, eval_env, cfg) -> dict:
     t0 = time.perf_counter()
     carry = init(keys)
     with unrolled_threefry():
-        compiled = run.lower(carry).compile()
+        compiled = run.lower(carry).compile(loop_options())  # compiled as the Trainer compiles its chunks
     compile_s = time.perf_counter() - t0
 
     chunks, timed_s, timed_steps = [], 0.0, 0

@@ -21,6 +21,7 @@ from angle_jax.algos import ppo
 from angle_jax.config import RunConfig
 from angle_jax.training import on_policy
 from angle_jax.training.axes import seed_axes
+from angle_jax.xla_cpu import loop_options, unrolled_threefry
 
 PRESETS = {
     "purejaxrl": dict(num_envs=4, agent=dict(rollout_length=128, epochs=4, minibatches=4, learning_rate=2.5e-4)),
@@ -37,7 +38,8 @@ def measure(train, seeds: int, key) -> dict:
     evaluate = jax.jit(jax.vmap(train.evaluate, in_axes=(axes.agent, 0)))
     carry = init(keys)
     t0 = time.perf_counter()
-    compiled = run.lower(carry).compile()
+    with unrolled_threefry():  # compiled as the Trainer compiles its chunks
+        compiled = run.lower(carry).compile(loop_options())
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     carry, logs = compiled(carry)

@@ -292,7 +292,7 @@ class Trainer:
             programs["init"] = (self._init.lower(self.keys, self.hparam_values), xla_cpu.run_once_options())
         for n in self._chunk_sizes() if with_chunks else ():
             if n not in self._runs:
-                programs[n] = (self._lower_run(n), None)
+                programs[n] = (self._lower_run(n), xla_cpu.loop_options())
         self.compile_s += time.perf_counter() - t0
         if not programs:
             return
@@ -307,7 +307,7 @@ class Trainer:
             t0 = time.perf_counter()
             lowered = self._lower_run(num_iters)
             self.compile_s += time.perf_counter() - t0
-            self._add_runs(self._compile({num_iters: (lowered, None)}))
+            self._add_runs(self._compile({num_iters: (lowered, xla_cpu.loop_options())}))
         return self._runs[num_iters]
 
     def init_carry(self, with_chunks: bool = True):
