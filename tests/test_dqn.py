@@ -240,7 +240,10 @@ def test_registry_and_configs_parse():
     run = load_config(CONFIGS / "rainbow_minatar.yaml")
     assert run.algo == "rainbow" and run.env == "Breakout-MinAtar" and isinstance(run.agent, rainbow.Config)
     a = run.agent
-    assert a.double and a.dueling and a.noisy and a.prioritized and a.distributional and a.n_step == 3
+    # the MinAtar preset: double + dueling + 3-step + C51, ε-greedy; noisy nets and PER off (benchmarks/RESULTS.md)
+    assert a.double and a.dueling and a.distributional and a.n_step == 3
+    assert not (a.noisy or a.prioritized)
+    assert (a.epsilon_start, a.epsilon_end, a.epsilon_decay_steps, a.learning_rate) == (1.0, 0.1, 100_000, 2.5e-4)
     with pytest.raises(ValueError, match="v_min < v_max"):
         load_config(CONFIGS / "rainbow_minatar.yaml", overrides=["agent.v_min=20"])
 
