@@ -15,25 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def machine() -> dict:
-    import jax
-
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"python": platform.python_version(), "jax": jax.__version__, "cpu": cpu, "cores": os.cpu_count(),
-            "cores_allowed": affinity, "devices": len(jax.devices()), "backend": jax.default_backend()}
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run(config_name: str, seeds: int, total_steps: int | None, overrides: list[str]):
@@ -79,6 +66,8 @@ def main():
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
     sys.path.insert(0, str(REPO))
+    from bench_td3 import machine
+
     if args.what == "speed":
         out = {"bench": "dqn_speed_purejaxrl_config",
                **run("dqn_cartpole_purejaxrl.yaml", args.seeds, args.steps, args.overrides)}

@@ -40,8 +40,9 @@ def machine() -> dict:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"python": platform.python_version(), "jax": jax.__version__, "cpu": cpu,
-            "cores": os.cpu_count(), "devices": len(jax.devices()), "backend": jax.default_backend()}
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"python": platform.python_version(), "jax": jax.__version__, "cpu": cpu, "cores": os.cpu_count(),
+            "cores_allowed": affinity, "devices": len(jax.devices()), "backend": jax.default_backend()}
 
 
 def run(overrides, seeds, total_steps, target=None, preset=False):
