@@ -638,3 +638,30 @@ def test_td3_meta_gradient_is_finite_with_dead_relu_units():
     assert float(metrics["meta/skipped"]) == 0.0
     assert np.isfinite(float(metrics["meta/grad_norm"])) and float(metrics["meta/grad_norm"]) > 0.0
     assert float(new_state.hparams.gamma) != float(state.hparams.gamma)
+
+
+def test_td3_critic_update_is_the_critic_half_of_update():
+    # The meta-gradient's inner step for TD3 (no actor term): same critic, optimizer and step as the
+    # full update, actor and targets untouched; build_meta_learner picks it only without an actor term.
+    env = registry.make_env("Pendulum-v1", 1)
+    cfg = td3.Config(actor_hidden=(16, 16), critic_hidden=(16, 16), policy_delay=1)
+    algo = td3.make(cfg, env.spec)
+    critic_update = td3.make_critic_update(cfg, env.spec)
+    key = jax.random.PRNGKey(4)
+    state = algo.init(key, env.spec)
+    batch = pendulum_transitions(key, 32)
+    full, _ = jax.jit(algo.update)(state, batch, key)
+    half, metrics = jax.jit(critic_update)(state, batch, key)
+    for a, b in zip(jax.tree.leaves((full.critic_params, full.critic_opt, full.step)),
+                    jax.tree.leaves((half.critic_params, half.critic_opt, half.step))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves((state.actor_params, state.actor_target, state.critic_target)),
+                    jax.tree.leaves((half.actor_params, half.actor_target, half.critic_target))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(jax.tree.leaves(full.actor_params)[0]),
+                           np.asarray(jax.tree.leaves(state.actor_params)[0]))  # the full update did move the actor
+    assert set(metrics) == {"critic_loss", "q_mean"}
+    from angle_jax.meta.meta_gradient import VALIDATION_OBJECTIVES
+
+    assert VALIDATION_OBJECTIVES["td3"](cfg, env.spec).update is not None
+    assert VALIDATION_OBJECTIVES["td3"](cfg, env.spec, actor_weight=0.5).update is None

@@ -83,11 +83,8 @@ def networks(config: Config, spec: EnvSpec):
     return actor, ac.make_critic(config, spec, config.num_critics)
 
 
-def make(config: Config, spec: EnvSpec) -> Algorithm:
-    """TD3 for a continuous-action env whose actions live in [-1, 1]."""
-    actor, critic, tx, init, act, explore = ac.deterministic_parts("td3", config, spec, networks, TD3HParams)
-
-    def update(state: TD3State, batch: Transition, key: jax.Array):
+def _critic_half(actor, critic, tx, config: Config):
+    def critic_update(state: TD3State, batch: Transition, key: jax.Array):
         hp = state.hparams
         next_action = target_policy_smoothing(
             actor.apply(state.actor_target, batch.next_obs), key, hp.target_noise, hp.target_noise_clip)
@@ -96,20 +93,43 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
         critic_params, critic_opt, c_loss, q = ac.critic_step(
             critic, tx, state.critic_params, state.critic_opt, batch.obs, batch.action, target, hp.critic_lr,
             config.axis_name)
-        step = state.step + 1
+        new_state = state.replace(critic_params=critic_params, critic_opt=critic_opt, step=state.step + 1)
+        return new_state, {"critic_loss": c_loss, "q_mean": jnp.mean(q)}
+
+    return critic_update
+
+
+def make_critic_update(config: Config, spec: EnvSpec):
+    """`critic_update(state, batch, key) -> (state, metrics)`: the critic half of `update`.
+
+    The same critic parameters, optimizer state and step count as `update`; the actor and
+    the target networks are left as they were. Meta-gradients whose objective reads only
+    the critic differentiate through this instead of the whole step."""
+    actor, critic, tx, *_ = ac.deterministic_parts("td3", config, spec, networks, TD3HParams)
+    return _critic_half(actor, critic, tx, config)
+
+
+def make(config: Config, spec: EnvSpec) -> Algorithm:
+    """TD3 for a continuous-action env whose actions live in [-1, 1]."""
+    actor, critic, tx, init, act, explore = ac.deterministic_parts("td3", config, spec, networks, TD3HParams)
+    critic_update = _critic_half(actor, critic, tx, config)
+
+    def update(state: TD3State, batch: Transition, key: jax.Array):
+        half, metrics = critic_update(state, batch, key)
 
         def actor_step(_):
-            return ac.deterministic_policy_step(actor, critic, tx, state, critic_params, batch.obs, config.axis_name)
+            return ac.deterministic_policy_step(actor, critic, tx, state, half.critic_params, batch.obs,
+                                                config.axis_name)
 
         def skip(_):
             return (state.actor_params, state.actor_opt, state.actor_target, state.critic_target,
                     jnp.full((), jnp.nan, jnp.float32))
 
         actor_params, actor_opt, actor_target, critic_target, a_loss = jax.lax.cond(
-            step % config.policy_delay == 0, actor_step, skip, None)
-        new_state = TD3State(actor_params, critic_params, actor_target, critic_target,
-                             actor_opt, critic_opt, hp, step)
-        metrics = {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(q)}
-        return new_state, metrics
+            half.step % config.policy_delay == 0, actor_step, skip, None)
+        new_state = half.replace(actor_params=actor_params, actor_opt=actor_opt, actor_target=actor_target,
+                                 critic_target=critic_target)
+        return new_state, {"critic_loss": metrics["critic_loss"], "actor_loss": a_loss,
+                           "q_mean": metrics["q_mean"]}
 
     return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy")

@@ -273,5 +273,5 @@ def _build_meta_gradient(meta: dict, run_config: Any, algo: Any, spec: Any, inte
         objective_kwargs["policy_loss"] = meta["policy_loss"]
     validation = validation_objective(algo_name, algo.config, spec, **objective_kwargs)
     return make_meta_gradient(algo, spec, validation.objective, params=params, meta_lr=meta_lr, bounds=bounds,
-                              interval=interval, prepare=validation.prepare)
+                              interval=interval, prepare=validation.prepare, inner_update=validation.update)
 
