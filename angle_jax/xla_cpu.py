@@ -6,6 +6,7 @@ that wider vectors (`loop_options`) reorder float reductions.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 
@@ -16,6 +17,7 @@ def run_once_options() -> dict:
     return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else {}
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_has_avx512() -> bool:
     try:
         with open("/proc/cpuinfo") as f:

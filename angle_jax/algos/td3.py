@@ -129,7 +129,6 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
             half.step % config.policy_delay == 0, actor_step, skip, None)
         new_state = half.replace(actor_params=actor_params, actor_opt=actor_opt, actor_target=actor_target,
                                  critic_target=critic_target)
-        return new_state, {"critic_loss": metrics["critic_loss"], "actor_loss": a_loss,
-                           "q_mean": metrics["q_mean"]}
+        return new_state, {**metrics, "actor_loss": a_loss}
 
     return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy")

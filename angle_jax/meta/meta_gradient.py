@@ -142,10 +142,11 @@ def make_meta_gradient(algo: Algorithm, spec: EnvSpec, objective: Objective,
     split along its leading axis: the inner update learns from the first half, the
     objective is measured on the second, after `prepare(agent_state, half)` when given
     (see `Validation`). `inner_update` replaces `algo.update` as the inner step, e.g. the
-    critic half of an actor-critic update when J reads only the critic. `bounds[name] = (low, high)` for every name in `params`
-    (low < high). The meta optimizer is Adam with step size `meta_lr` on the
-    unconstrained parameters. Metrics: `meta/<name>` (η after the step),
-    `meta/objective` (J before the step) and `meta/grad_norm` (norm of ∂J/∂η).
+    critic half of an actor-critic update when J reads only the critic.
+    `bounds[name] = (low, high)` for every name in `params` (low < high). The meta
+    optimizer is Adam with step size `meta_lr` on the unconstrained parameters. Metrics:
+    `meta/<name>` (η after the step), `meta/objective` (J before the step) and
+    `meta/grad_norm` (norm of ∂J/∂η).
     """
     del spec
     params = tuple(params)
@@ -385,7 +386,7 @@ def ppo_validation(algo_config: Any, spec: EnvSpec, reference_gamma: float | Non
 
 
 VALIDATION_OBJECTIVES: dict[str, Callable[..., Validation]] = {
-    "td3": lambda config, spec, **kw: td3_validation(config, spec, **kw),
+    "td3": td3_validation,
     "ddpg": lambda config, spec, **kw: Validation(ddpg_validation_loss(config, spec, **kw)),
     "sac": lambda config, spec, **kw: Validation(sac_validation_loss(config, spec, **kw)),
     "ppo": ppo_validation,

@@ -286,11 +286,15 @@ class Trainer:
 
     def compile(self, with_init: bool = True, with_chunks: bool = True) -> None:
         """Lower and compile the init program and every chunk length the run needs, concurrently."""
+        self._compile_missing(with_init, self._chunk_sizes() if with_chunks else ())
+
+    def _compile_missing(self, with_init: bool, chunk_sizes) -> None:
+        """Lower (timed into `compile_s`), then compile side by side, what is not compiled yet."""
         t0 = time.perf_counter()
         programs = {}
         if with_init and self._init_compiled is None:
             programs["init"] = (self._init.lower(self.keys, self.hparam_values), xla_cpu.run_once_options())
-        for n in self._chunk_sizes() if with_chunks else ():
+        for n in chunk_sizes:
             if n not in self._runs:
                 programs[n] = (self._lower_run(n), xla_cpu.loop_options())
         self.compile_s += time.perf_counter() - t0
@@ -304,10 +308,7 @@ class Trainer:
     def _run_fn(self, num_iters: int):
         """The compiled chunk `carry -> (carry, logs)` of `num_iters` iterations."""
         if num_iters not in self._runs:
-            t0 = time.perf_counter()
-            lowered = self._lower_run(num_iters)
-            self.compile_s += time.perf_counter() - t0
-            self._add_runs(self._compile({num_iters: (lowered, xla_cpu.loop_options())}))
+            self._compile_missing(False, (num_iters,))
         return self._runs[num_iters]
 
     def init_carry(self, with_chunks: bool = True):
