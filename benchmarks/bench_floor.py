@@ -1,0 +1,102 @@
+"""How fast can a loop get? Time the gradient update alone, without env, acting or replay.
+
+A training step is at least one update (plus sampling, acting and the env step). Timing
+`algo.update` alone on a fixed batch, compiled the way the Trainer compiles its loops, gives
+a floor for the step at these settings, and so a ceiling on any speed ratio against a peer
+that does the same update: peer step time / our update time.
+
+    python benchmarks/bench_floor.py td3            # rejax's TD3 Pendulum settings
+    python benchmarks/bench_floor.py sac            # rejax's SAC Pendulum settings
+    python benchmarks/bench_floor.py dqn            # PureJaxRL's DQN CartPole settings
+
+Prints one JSON object: µs per update (best of `--repeats` timed scans) and, with `--peer-steps-per-s`,
+the largest ratio any loop could reach against that peer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def settings(name: str):
+    """(algo, env, config file, overrides, env steps per update) of the peers' settings."""
+    if name == "td3":
+        from bench_td3 import REJAX_EQUIVALENT
+        return "td3", "Pendulum-v1", None, REJAX_EQUIVALENT, 1
+    if name == "sac":
+        from bench_sac import REJAX_EQUIVALENT
+        return "sac", "Pendulum-v1", None, REJAX_EQUIVALENT, 1
+    if name == "dqn":
+        return "dqn", "CartPole-v1", "dqn_cartpole_purejaxrl.yaml", [], 10
+    raise SystemExit(f"unknown setting {name!r}: choose td3, sac or dqn")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("setting", choices=["td3", "sac", "dqn"])
+    parser.add_argument("--updates", type=int, default=5000, help="updates per timed scan")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peer-steps-per-s", type=float, default=None,
+                        help="the peer's measured env steps/s at the same settings")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from angle_jax.config import CONFIG_DIR, load_config
+    from angle_jax.training.trainer import build_components
+    from angle_jax.xla_cpu import loop_options, unrolled_threefry
+    from bench_td3 import machine
+
+    algo_name, env_name, cfg_file, overrides, env_steps_per_update = settings(args.setting)
+    config = load_config(CONFIG_DIR / cfg_file if cfg_file else None, overrides, algo=algo_name,
+                         env=env_name, seeds=1, total_steps=10_000)
+    _, _, algo, train = build_components(config)
+
+    key = jax.random.key(0)
+    with unrolled_threefry():
+        carry = jax.jit(train.init)(key)
+        # fill the replay with real transitions so the batch looks like one from training
+        carry, _ = jax.jit(lambda c: train.run(c, train.loop.learning_starts_iters + 1))(carry)
+        batch = jax.jit(lambda c, k: _sample(train, c, k))(carry, key)
+
+        def updates(agent, k):
+            def body(a, kk):
+                a, metrics = algo.update(a, batch, kk)
+                return a, None
+            return jax.lax.scan(body, agent, jax.random.split(k, args.updates))[0]
+
+        compiled = jax.jit(updates).lower(carry.agent, key).compile(loop_options())
+    out = compiled(carry.agent, key)
+    jax.block_until_ready(out)
+    best = float("inf")
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(carry.agent, key))
+        best = min(best, time.perf_counter() - t)
+    us = best / args.updates * 1e6
+    result = {"bench": "update_floor", "setting": args.setting, "batch_size": config.batch_size,
+              "us_per_update": round(us, 2), "env_steps_per_update": env_steps_per_update,
+              "env_steps_per_s_ceiling": round(env_steps_per_update / (us * 1e-6), 1), "machine": machine()}
+    if args.peer_steps_per_s:
+        peer_us = env_steps_per_update / args.peer_steps_per_s * 1e6
+        result["peer_us_per_update"] = round(peer_us, 2)
+        result["max_ratio_vs_peer"] = round(peer_us / us, 2)
+    print(json.dumps(result))
+    return result
+
+
+def _sample(train, carry, key):
+    from angle_jax.replay.buffer import uniform_replay
+
+    loop = train.loop
+    buffer = uniform_replay(loop.capacity_per_env, loop.batch_size)
+    return buffer.sample(carry.buffer, key)
+
+
+if __name__ == "__main__":
+    main()
