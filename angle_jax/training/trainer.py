@@ -251,19 +251,18 @@ class Trainer:
         with xla_cpu.unrolled_threefry():
             return jax.jit(run_split, donate_argnums=0, **out).lower(*_split_buffer(self.carry_spec))
 
-    def _compile(self, programs: dict) -> dict:
-        """Compile lowered programs `{name: (lowered, options)}` side by side; time it into `compile_s`.
+    def _compile(self, programs) -> dict:
+        """Lower and compile programs side by side; time it into `compile_s`.
 
-        XLA compiles one program on one core and releases the GIL meanwhile, so the init
-        program and the chunks compile concurrently on a multi-core host."""
+        `programs` yields `(name, lower, options)`; each program starts compiling in a
+        worker thread as soon as it is lowered, so the next one lowers (Python, holding the
+        GIL) while XLA compiles the previous one (which releases the GIL). On a
+        multi-core host the init program and the chunks compile concurrently."""
         t0 = time.perf_counter()
-        if len(programs) == 1:
-            ((name, (lowered, options)),) = programs.items()
-            done = {name: lowered.compile(options)}
-        else:
-            with ThreadPoolExecutor(max_workers=len(programs)) as pool:
-                futures = {name: pool.submit(lowered.compile, options) for name, (lowered, options) in programs.items()}
-                done = {name: f.result() for name, f in futures.items()}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {name: pool.submit(lowered.compile, options) for name, lowered, options in
+                       ((name, lower(), options) for name, lower, options in programs)}
+            done = {name: f.result() for name, f in futures.items()}
         self.compile_s += time.perf_counter() - t0
         return done
 
@@ -289,15 +288,13 @@ class Trainer:
         self._compile_missing(with_init, self._chunk_sizes() if with_chunks else ())
 
     def _compile_missing(self, with_init: bool, chunk_sizes) -> None:
-        """Lower (timed into `compile_s`), then compile side by side, what is not compiled yet."""
-        t0 = time.perf_counter()
-        programs = {}
+        """Lower and compile side by side what is not compiled yet: the chunks first (the
+        longest compiles), then the init program."""
+        programs = [(n, lambda n=n: self._lower_run(n), xla_cpu.loop_options())
+                    for n in dict.fromkeys(chunk_sizes) if n not in self._runs]
         if with_init and self._init_compiled is None:
-            programs["init"] = (self._init.lower(self.keys, self.hparam_values), xla_cpu.run_once_options())
-        for n in chunk_sizes:
-            if n not in self._runs:
-                programs[n] = (self._lower_run(n), xla_cpu.loop_options())
-        self.compile_s += time.perf_counter() - t0
+            programs.append(("init", lambda: self._init.lower(self.keys, self.hparam_values),
+                             xla_cpu.run_once_options()))
         if not programs:
             return
         done = self._compile(programs)
