@@ -8,6 +8,8 @@ that does the same update: peer step time / our update time.
     python benchmarks/bench_floor.py td3            # rejax's TD3 Pendulum settings
     python benchmarks/bench_floor.py sac            # rejax's SAC Pendulum settings
     python benchmarks/bench_floor.py dqn            # PureJaxRL's DQN CartPole settings
+    python benchmarks/bench_floor.py ppo            # rejax's PPO CartPole settings: the update
+                                                    # phase (epochs x minibatches) of one rollout
 
 Prints one JSON object: µs per update (best of `--repeats` timed scans) and, with `--peer-steps-per-s`,
 the largest ratio any loop could reach against that peer.
@@ -33,12 +35,12 @@ def settings(name: str):
         return "sac", "Pendulum-v1", None, REJAX_EQUIVALENT, 1
     if name == "dqn":
         return "dqn", "CartPole-v1", "dqn_cartpole_purejaxrl.yaml", [], 10
-    raise SystemExit(f"unknown setting {name!r}: choose td3, sac or dqn")
+    raise SystemExit(f"unknown setting {name!r}: choose td3, sac, dqn or ppo")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("setting", choices=["td3", "sac", "dqn"])
+    parser.add_argument("setting", choices=["td3", "sac", "dqn", "ppo"])
     parser.add_argument("--updates", type=int, default=5000, help="updates per timed scan")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer-steps-per-s", type=float, default=None,
@@ -52,17 +54,23 @@ def main(argv=None) -> dict:
     from angle_jax.xla_cpu import loop_options, unrolled_threefry
     from bench_td3 import machine
 
-    algo_name, env_name, cfg_file, overrides, env_steps_per_update = settings(args.setting)
-    config = load_config(CONFIG_DIR / cfg_file if cfg_file else None, overrides, algo=algo_name,
-                         env=env_name, seeds=1, total_steps=10_000)
-    _, _, algo, train = build_components(config)
-
     key = jax.random.key(0)
+    if args.setting == "ppo":
+        algo, agent, batch, env_steps_per_update, batch_size = _ppo_rollout(key)
+    else:
+        algo_name, env_name, cfg_file, overrides, env_steps_per_update = settings(args.setting)
+        config = load_config(CONFIG_DIR / cfg_file if cfg_file else None, overrides, algo=algo_name,
+                             env=env_name, seeds=1, total_steps=10_000)
+        _, _, algo, train = build_components(config)
+        batch_size = config.batch_size
+        with unrolled_threefry():
+            carry = jax.jit(train.init)(key)
+            # fill the replay with real transitions so the batch looks like one from training
+            carry, _ = jax.jit(lambda c: train.run(c, train.loop.learning_starts_iters + 1))(carry)
+            batch = jax.jit(lambda c, k: _sample(train, c, k))(carry, key)
+        agent = carry.agent
+
     with unrolled_threefry():
-        carry = jax.jit(train.init)(key)
-        # fill the replay with real transitions so the batch looks like one from training
-        carry, _ = jax.jit(lambda c: train.run(c, train.loop.learning_starts_iters + 1))(carry)
-        batch = jax.jit(lambda c, k: _sample(train, c, k))(carry, key)
 
         def updates(agent, k):
             def body(a, kk):
@@ -70,16 +78,16 @@ def main(argv=None) -> dict:
                 return a, None
             return jax.lax.scan(body, agent, jax.random.split(k, args.updates))[0]
 
-        compiled = jax.jit(updates).lower(carry.agent, key).compile(loop_options())
-    out = compiled(carry.agent, key)
+        compiled = jax.jit(updates).lower(agent, key).compile(loop_options())
+    out = compiled(agent, key)
     jax.block_until_ready(out)
     best = float("inf")
     for _ in range(args.repeats):
         t = time.perf_counter()
-        jax.block_until_ready(compiled(carry.agent, key))
+        jax.block_until_ready(compiled(agent, key))
         best = min(best, time.perf_counter() - t)
     us = best / args.updates * 1e6
-    result = {"bench": "update_floor", "setting": args.setting, "batch_size": config.batch_size,
+    result = {"bench": "update_floor", "setting": args.setting, "batch_size": batch_size,
               "us_per_update": round(us, 2), "env_steps_per_update": env_steps_per_update,
               "env_steps_per_s_ceiling": round(env_steps_per_update / (us * 1e-6), 1), "machine": machine()}
     if args.peer_steps_per_s:
@@ -88,6 +96,28 @@ def main(argv=None) -> dict:
         result["max_ratio_vs_peer"] = round(peer_us / us, 2)
     print(json.dumps(result))
     return result
+
+
+def _ppo_rollout(key):
+    """PPO at rejax's CartPole settings, and one real rollout to update on."""
+    import jax
+
+    from angle_jax import registry
+    from angle_jax.algos import ppo
+    from angle_jax.training import on_policy
+    from angle_jax.training.off_policy import EpisodeAccumulator
+    from bench_ppo import PRESETS
+
+    preset = PRESETS["rejax"]
+    n = preset["num_envs"]
+    config = ppo.Config(**preset["agent"])
+    env = registry.make_env("CartPole-v1", n)
+    algo = ppo.make(config, env.spec, total_steps=500_000)
+    agent = algo.init(key, env.spec)
+    obs, env_state = env.reset(key)
+    rollout = jax.jit(lambda a, s, o, k: on_policy.collect(
+        algo, env, a, s, o, k, config.rollout_length, EpisodeAccumulator.zeros(), 0)[0])(agent, env_state, obs, key)
+    return algo, agent, rollout, config.rollout_length * n, config.rollout_length * n // config.minibatches
 
 
 def _sample(train, carry, key):
