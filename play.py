@@ -47,6 +47,7 @@ def run_labels(config) -> list[str]:
 def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
     """The agent states of all runs, `[runs, ...]`: from params.ckpt, or the agent inside a full checkpoint."""
     import jax
+    import numpy as np
     from flax import serialization
 
     from angle_jax import checkpoint as ckpt
@@ -65,7 +66,12 @@ def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
     header, payload = ckpt.read_meta(ckpt_file)
     raw = serialization.msgpack_restore(payload)
     state = raw["agent"] if isinstance(raw, dict) and "agent" in raw else raw
-    return serialization.from_state_dict(template, state)
+    agent = serialization.from_state_dict(template, state)
+    if getattr(config, "data_parallel", 1) > 1:
+        # a data-parallel run's full checkpoint keeps a shard axis after the run axis; the
+        # shards hold the same agent (gradients are averaged), so play shard 0
+        agent = jax.tree.map(lambda t, x: x[:, 0] if np.ndim(x) == np.ndim(t) + 1 else x, template, agent)
+    return agent
 
 
 def agent_axes(algo, key):

@@ -188,7 +188,8 @@ def main(argv=None) -> int:
     if not is_main:
         return 0
     ckpt.save(run_dir / "params.ckpt", agent, {"step": trainer.step, "algo": config.algo})
-    train_s = max(wall - trainer.compile_s, 1e-9)
+    # `wall` starts after the Trainer was built, `compile_s` includes building it
+    train_s = max(wall - (trainer.compile_s - trainer.build_s), 1e-9)
     summary = {
         "algo": config.algo, "env": config.env, "seeds": config.seeds, "seed": config.seed,
         "total_steps": trainer.step,

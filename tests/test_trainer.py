@@ -181,3 +181,34 @@ def test_play_bad_run_index_is_one_line_error(sweep_run):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--run-index must be in [0, 4)" in proc.stderr and "got 4" in proc.stderr
     assert "run_3: actor_lr=0.0003 seed=1" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def data_parallel_run(tmp_path_factory):
+    """A finished tiny data-parallel TD3 run (2 shards) with numbered checkpoints."""
+    run_dir = tmp_path_factory.mktemp("runs") / "td3_dp"
+    args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(run_dir)]
+    for o in TINY_TD3 + ["total_steps=600", "learning_starts=200", "buffer_size=600", "log_interval=300",
+                         "tensorboard=false", "data_parallel=2", "num_envs=2", "checkpoint_interval=300"]:
+        args += ["--set", o]
+    proc = run_script("train.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_play_reads_a_data_parallel_checkpoint(data_parallel_run):
+    """The numbered checkpoint keeps a shard axis; play drops it and plays the same agent as params.ckpt."""
+    last = sorted((data_parallel_run / "checkpoints").glob("*.ckpt"))[-1]
+    from_ckpt = run_script("play.py", "--checkpoint", str(last), "--episodes", "2")
+    from_params = run_script("play.py", "--checkpoint", str(data_parallel_run), "--episodes", "2")
+    assert from_ckpt.returncode == 0, from_ckpt.stderr
+    assert from_params.returncode == 0, from_params.stderr
+    mean = [line for line in from_ckpt.stdout.splitlines() if line.startswith("mean return")]
+    assert mean and mean == [line for line in from_params.stdout.splitlines() if line.startswith("mean return")]
+
+
+def test_summary_train_time_excludes_only_compile(data_parallel_run):
+    """Building the Trainer counts as compile time once, not subtracted from the training wall time again."""
+    summary = json.loads((data_parallel_run / "summary.json").read_text())
+    assert summary["train_s"] > 0.01
+    assert summary["steps_per_s"] == pytest.approx(600 / summary["train_s"], rel=0.01)

@@ -153,8 +153,9 @@ class Trainer:
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  **self._out(self.replicated))
         self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
-        # Seconds spent before training proper: building, tracing and compiling (init, chunks).
-        self.compile_s = time.perf_counter() - started
+        # Seconds spent before training proper: building, tracing and compiling (init, chunks);
+        # `build_s` is the part spent in this constructor.
+        self.compile_s = self.build_s = time.perf_counter() - started
         self.carry = None
         self.iteration = 0
         self.best_eval = -math.inf
