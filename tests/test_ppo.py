@@ -142,6 +142,27 @@ class ClipLossTest(chex.TestCase):
         np.testing.assert_allclose([a.mean(), a.std()], [0.0, 1.0], atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [1, 2, 500, 4096, 1 << 21])
+def test_permutations_are_permutations(size):
+    from angle_jax.training.modules import permutations
+
+    perms = np.asarray(permutations(jax.random.PRNGKey(0), 3, size))
+    assert perms.shape == (3, size) and perms.dtype == np.int32
+    for p in perms:
+        np.testing.assert_array_equal(np.sort(p), np.arange(size))
+    assert size < 3 or len({tuple(p[:8]) for p in perms}) == 3
+
+
+def test_permutations_are_uniform():
+    from angle_jax.training.modules import permutations
+
+    perms = np.asarray(permutations(jax.random.PRNGKey(1), 48_000, 4))
+    _, counts = np.unique(perms, axis=0, return_counts=True)
+    assert len(counts) == 24 and np.all(np.abs(counts - 2000) < 250)  # ~5.6 standard deviations
+    first = np.asarray(permutations(jax.random.PRNGKey(2), 20_000, 500))[:, 0]
+    assert np.all(np.abs(np.bincount(first // 50, minlength=10) - 2000) < 250)
+
+
 def test_a2c_loss_gradient_is_advantage_weighted():
     lp = jnp.array([-1.0, -2.0])
     adv = jnp.array([3.0, -1.0])
