@@ -191,8 +191,12 @@ def policy_functions(config, spec: EnvSpec, net: ActorCritic):
 
     def explore(state, obs, key, step=None):
         del step
-        action = dist(state.params, obs).sample(seed=key)
-        return action.astype(jnp.int32) if spec.discrete else action
+        outputs = net.apply(state.params, obs, method=net.actor_outputs)
+        if spec.discrete:
+            # what distrax's Categorical.sample draws (Gumbel-max over the logits), without its
+            # normalisation and validity checks: a few kernels less per rollout step
+            return jax.random.categorical(key, outputs).astype(jnp.int32)
+        return policy_distribution(outputs, spec.discrete).sample(seed=key)
 
     return act, explore
 

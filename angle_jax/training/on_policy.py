@@ -82,15 +82,17 @@ def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Arra
     n = env.spec.num_envs
 
     def body(c, k):
-        env_state, obs, episodes, t = c
+        env_state, obs, stats, t = c
         k_act, k_env = jax.random.split(k)
         action = algo.explore(agent, obs, k_act, step0 + t * n)
         env_state, ts = env.step(env_state, to_env(action), k_env)
         out = (obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs)
-        return (env_state, ts.obs, episodes.add(ts.info), t + 1), out
+        return (env_state, ts.obs, EpisodeAccumulator.add_per_env(stats, ts.info), t + 1), out
 
-    (env_state, obs, episodes, _), (o, a, r, term, trunc, nxt) = jax.lax.scan(
-        body, (env_state, obs, episodes, jnp.zeros((), jnp.int32)), jax.random.split(key, length))
+    (env_state, obs, stats, _), (o, a, r, term, trunc, nxt) = jax.lax.scan(
+        body, (env_state, obs, EpisodeAccumulator.per_env(n), jnp.zeros((), jnp.int32)),
+        jax.random.split(key, length))
+    episodes = episodes.merge(stats)
     rollout = Rollout(o, a, r.astype(jnp.float32), term, trunc, nxt, jnp.zeros_like(r, jnp.float32))
     return rollout, env_state, obs, episodes
 
