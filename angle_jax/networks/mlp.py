@@ -32,11 +32,7 @@ def flatten_obs(obs: jax.Array, obs_ndim: int) -> jax.Array:
 
 
 class MLP(nn.Module):
-    """Dense layers with an activation between them; `out` adds a linear head.
-
-    Once initialised, the layers run as one `dense_stack` over the same parameters: the
-    same function, with the backward pass written for XLA:CPU's fast matrix products
-    (TD3's update ~5% faster, SAC's ~14%, benchmarks/RESULTS.md)."""
+    """Dense layers with an activation between them; `out` adds a linear head."""
 
     hidden: Sequence[int]
     activation: str = "relu"
@@ -46,14 +42,6 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = activation(self.activation)
-        if not self.is_initializing():
-            params = self.variables["params"]
-            n = len(self.hidden) + (self.out is not None)
-            layers = tuple((params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]) for i in range(n))
-            y = dense_stack(self.activation, layers, x.reshape(-1, x.shape[-1]))
-            if self.out is None:  # dense_stack leaves its last layer linear
-                y = act(y)
-            return y.reshape(*x.shape[:-1], y.shape[-1])
         for width in self.hidden:
             x = act(nn.Dense(width)(x))
         if self.out is not None:
