@@ -137,7 +137,7 @@ def _transpose_input(kernel) -> bool:
 
 def _stack_fwd(act_name, layers, x):
     out, inputs, pre = _stack_forward(act_name, layers, x)
-    hidden = [activation(act_name)(z) for z in pre[:-1]]
+    hidden = inputs[1:]  # act(pre[i]) is the input of layer i + 1
     # the barriers keep XLA from folding these transposes back into the products
     inputs = [jax.lax.optimization_barrier(v.T) if _transpose_input(w) else v
               for v, (w, _) in zip(inputs, layers)]
