@@ -12,9 +12,12 @@ import jax
 
 
 def run_once_options() -> dict:
-    """Compiler options for programs that run once (init): on CPU, LLVM at -O1 about
-    halves their compile time, and their run time does not matter."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else {}
+    """Compiler options for programs that run once (init): on CPU, LLVM at -O1 and XLA's
+    older (non-MLIR) fusion emitters take their compile from ~1.3 s to ~0.7 s for TD3's init
+    (one core), with bit-identical results; their run time does not matter."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
 @functools.lru_cache(maxsize=None)

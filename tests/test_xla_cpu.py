@@ -31,3 +31,19 @@ def test_loop_and_run_once_options_compile_and_agree():
     for options in (xla_cpu.loop_options(), xla_cpu.run_once_options()):
         assert isinstance(options, dict)
         np.testing.assert_allclose(np.asarray(lowered.compile(options)(x, w)), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_run_once_options_give_a_bit_identical_initial_carry():
+    """The init program compiled for speed of compilation gives the same initial carry, bit for bit."""
+    from angle_jax.config import load_config
+    from angle_jax.training.trainer import Trainer
+
+    config = load_config(None, ["agent.actor_hidden=[16]", "agent.critic_hidden=[16]", "buffer_size=64",
+                                "batch_size=8", "tensorboard=false", "progress=false"],
+                         algo="td3", env="Pendulum-v1", seeds=2, total_steps=100)
+    trainer = Trainer(config)
+    lowered = trainer._init.lower(trainer.keys, trainer.hparam_values)
+    default = lowered.compile()(trainer.keys, trainer.hparam_values)
+    once = lowered.compile(xla_cpu.run_once_options())(trainer.keys, trainer.hparam_values)
+    for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(once)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
