@@ -38,6 +38,7 @@ def test_every_chunk_length_compiles_before_the_first_step():
     trainer = Trainer(config)
     trainer.carry = trainer.init_carry()
     assert trainer._init_compiled is not None
+    assert trainer._finite_compiled is not None  # the divergence guard's check, run after every chunk
     assert sorted(trainer._runs) == sorted({trainer.chunk_iters, trainer.total_iters % trainer.chunk_iters})
     compile_s = trainer.compile_s
     out = list(trainer())

@@ -97,8 +97,14 @@ def build_components(config: RunConfig):
 
 
 def _finite_tree(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+    """True when every float in `tree` is finite: one reduction per float dtype, not per leaf
+    (on XLA:CPU every kernel adds to the compile time)."""
+    by_dtype: dict[Any, list] = {}
+    for x in jax.tree.leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            by_dtype.setdefault(x.dtype, []).append(x.ravel())
+    checks = [jnp.all(jnp.isfinite(jnp.concatenate(xs))) for xs in by_dtype.values()]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 class Trainer:
@@ -120,7 +126,9 @@ class Trainer:
         self.steps_per_iter = env_steps_per_iteration(self.train) * self.shards
         self.total_iters = max(1, math.ceil(config.total_steps / self.steps_per_iter))
         self.chunk_iters = max(1, min(self.total_iters, config.log_interval // self.steps_per_iter))
-        abstract = jax.eval_shape(self.train.init, jax.random.PRNGKey(0))
+        # jitted so that its trace is cached: the shape probes below and the init program share it
+        self._train_init = jax.jit(self.train.init)
+        abstract = jax.eval_shape(self._train_init, jax.random.PRNGKey(0))
         self.axes = seed_axes(abstract)
         try:
             self.sweep = parallel.normalize_sweep(getattr(config, "sweep", None))
@@ -149,10 +157,11 @@ class Trainer:
         self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
         self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
         self._init_compiled = None
+        self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
+        self._finite_compiled = None
         self._runs: dict[int, Any] = {}
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  **self._out(self.replicated))
-        self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
         # Seconds spent before training proper: building, tracing and compiling (init, chunks);
         # `build_s` is the part spent in this constructor.
         self.compile_s = self.build_s = time.perf_counter() - started
@@ -180,9 +189,9 @@ class Trainer:
     def _init_run(self, key: jax.Array, values: dict) -> Any:
         """One run's carry (all its shards): shard agents identical, swept hparams written in."""
         if self.shards == 1:
-            carry = self.train.init(key)
+            carry = self._train_init(key)
         else:
-            carry = jax.vmap(self.train.init, out_axes=self.axes)(parallel.shard_keys(key, self.shards))
+            carry = jax.vmap(self._train_init, out_axes=self.axes)(parallel.shard_keys(key, self.shards))
             carry = carry.replace(agent=parallel.same_on_all_shards(self.axes.agent, carry.agent))
         return carry.replace(agent=parallel.set_hparams(carry.agent, values))
 
@@ -296,11 +305,16 @@ class Trainer:
         if with_init and self._init_compiled is None:
             programs.append(("init", lambda: self._init.lower(self.keys, self.hparam_values),
                              xla_cpu.run_once_options()))
+        if chunk_sizes and self._finite_compiled is None:
+            # the divergence guard's parameter check, run after every chunk
+            programs.append(("finite", lambda: self._finite.lower(self.carry_spec.agent), xla_cpu.run_once_options()))
         if not programs:
             return
         done = self._compile(programs)
         if "init" in done:
             self._init_compiled = done.pop("init")
+        if "finite" in done:
+            self._finite_compiled = done.pop("finite")
         self._add_runs(done)
 
     def _run_fn(self, num_iters: int):
@@ -403,7 +417,7 @@ class Trainer:
             v = np.asarray(values, np.float64)
             if np.any(np.isinf(v)):
                 raise DivergenceError(self.step, name)
-        if not bool(self.to_host(self._finite(self.carry.agent))):
+        if not bool(self.to_host(self._finite_compiled(self.carry.agent))):
             raise DivergenceError(self.step, "params")
 
     def __call__(self) -> Iterator[dict]:
