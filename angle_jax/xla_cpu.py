@@ -62,3 +62,20 @@ def unrolled_threefry():
         yield
     finally:
         mlir.register_lowering(prim, rolled, platform="cpu")
+
+
+def split_keys(key: jax.Array, num: int = 2) -> jax.Array:
+    """`jax.random.split(key, num)`, computed once.
+
+    XLA may fuse a cheap producer into each of its consumers; for key derivation that means
+    the threefry hash is emitted (compiled and run) once per random draw that uses a key.
+    Behind an optimisation barrier it is one kernel. Seen when a run is traced without vmap
+    (as runs on external envs such as envpool are): SAC's Pendulum loop compiled in 6.8 s
+    without the barriers and 2.9 s with them (benchmarks/RESULTS.md). Same values."""
+    return jax.lax.optimization_barrier(jax.random.split(key, num))
+
+
+def computed_once(tree):
+    """`tree` as it is, kept from being fused into (and recomputed by) each of its consumers."""
+    return jax.lax.optimization_barrier(tree)
+

@@ -47,3 +47,12 @@ def test_run_once_options_give_a_bit_identical_initial_carry():
     once = lowered.compile(xla_cpu.run_once_options())(trainer.keys, trainer.hparam_values)
     for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(once)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_split_keys_and_computed_once_keep_values():
+    key = jax.random.PRNGKey(7)
+    for fn in (lambda k: xla_cpu.split_keys(k, 3), jax.jit(lambda k: xla_cpu.split_keys(k, 3))):
+        np.testing.assert_array_equal(np.asarray(fn(key)), np.asarray(jax.random.split(key, 3)))
+    x = (jnp.arange(5), jnp.ones(2))
+    for a, b in zip(jax.jit(xla_cpu.computed_once)(x), x):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -22,6 +22,7 @@ from angle_jax.algos import actor_critic as ac
 from angle_jax.algos.base import Algorithm, Transition, direction_optimizer, hparams_from_config, polyak_update
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import MLP, flatten_obs
+from angle_jax.xla_cpu import split_keys
 
 ACTION_KIND = "continuous"
 
@@ -167,7 +168,7 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
 
     def update(state: SACState, batch: Transition, key: jax.Array):
         hp = state.hparams
-        k_next, k_pi = jax.random.split(key)
+        k_next, k_pi = split_keys(key)
         alpha = jnp.exp(state.log_alpha)
         next_action, next_log_prob = policy(state.actor_params, batch.next_obs).sample_and_log_prob(seed=k_next)
         next_q = critic.apply(state.critic_target, batch.next_obs, next_action)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from angle_jax.xla_cpu import computed_once
+
 
 @struct.dataclass
 class BufferState:
@@ -64,6 +66,8 @@ def uniform_replay(capacity: int, batch_size: int, min_size: int | None = None) 
         k_row, k_env = jax.random.split(key)
         rows = jax.random.randint(k_row, (batch_size,), 0, jnp.maximum(state.size, 1))
         envs = jax.random.randint(k_env, (batch_size,), 0, num_envs)
+        # one index computation shared by every leaf's gather, not one per gather
+        rows, envs = computed_once((rows, envs))
         return jax.tree.map(lambda d: d[rows, envs], state.data)
 
     def can_sample(state: BufferState) -> jax.Array:

@@ -24,6 +24,7 @@ from angle_jax.algos.base import Algorithm, Transition
 from angle_jax.envs.base import Env, random_actions
 from angle_jax.replay.buffer import BufferState, uniform_replay
 from angle_jax.training.axes import seed_axes
+from angle_jax.xla_cpu import split_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +216,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     def learn(agent, buffer_state, key):
         def one(c, k):
             agent, buffer_state = c
-            k_sample, k_update = jax.random.split(k)
+            k_sample, k_update = split_keys(k)
             batch = buffer.sample(buffer_state, k_sample)
             agent, metrics = algo.update(agent, batch, k_update)
             priorities = metrics.pop("priorities", None)
@@ -230,7 +231,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         return (agent, buffer_state), jax.tree.map(jnp.mean, metrics)
 
     def step(carry: OffPolicyCarry, episodes: EpisodeAccumulator, metric_shapes):
-        key, k_act, k_env, k_learn = jax.random.split(carry.key, 4)
+        key, k_act, k_env, k_learn = split_keys(carry.key, 4)
         warmup = carry.iteration < loop.learning_starts_iters
         explore_state = carry.explore
         if exploration is None:
