@@ -70,9 +70,10 @@ def split_keys(key: jax.Array, num: int = 2) -> jax.Array:
     XLA may fuse a cheap producer into each of its consumers; for key derivation that means
     the threefry hash is emitted (compiled and run) once per random draw that uses a key.
     Behind an optimisation barrier it is one kernel. Seen when a run is traced without vmap
-    (as runs on external envs such as envpool are): SAC's Pendulum loop compiled in 6.8 s
-    without the barriers and 2.9 s with them (benchmarks/RESULTS.md). Same values."""
-    return jax.lax.optimization_barrier(jax.random.split(key, num))
+    (as runs on external envs such as envpool are): SAC's Pendulum loop, in a variant with
+    hand-written dense layers, compiled in 6.8 s without the barriers and 2.9 s with them
+    (benchmarks/RESULTS.md). Same values."""
+    return computed_once(jax.random.split(key, num))
 
 
 def computed_once(tree):

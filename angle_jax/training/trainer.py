@@ -299,7 +299,7 @@ class Trainer:
 
     def _compile_missing(self, with_init: bool, chunk_sizes) -> None:
         """Lower and compile side by side what is not compiled yet: the chunks first (the
-        longest compiles), then the init program."""
+        longest compiles), then the init program and the divergence guard's check."""
         programs = [(n, lambda n=n: self._lower_run(n), xla_cpu.loop_options())
                     for n in dict.fromkeys(chunk_sizes) if n not in self._runs]
         if with_init and self._init_compiled is None:
