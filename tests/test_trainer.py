@@ -38,12 +38,24 @@ def test_every_chunk_length_compiles_before_the_first_step():
     trainer = Trainer(config)
     trainer.carry = trainer.init_carry()
     assert trainer._init_compiled is not None
-    assert trainer._finite_compiled is not None  # the divergence guard's check, run after every chunk
     assert sorted(trainer._runs) == sorted({trainer.chunk_iters, trainer.total_iters % trainer.chunk_iters})
     compile_s = trainer.compile_s
     out = list(trainer())
     assert [d["step"] for d in out][-1] >= 1300
     assert trainer.compile_s == compile_s  # nothing left to compile during training
+
+
+def test_evaluation_compiles_up_front_when_the_run_evaluates_as_it_goes():
+    # its compile counts in compile_s, not in the training time
+    config = load_config(overrides=TINY_TD3 + ["total_steps=1000", "log_interval=500", "eval_interval=500",
+                                               "eval_episodes=2"], algo="td3", env="Pendulum-v1")
+    trainer = Trainer(config)
+    trainer.carry = trainer.init_carry()
+    assert trainer._evaluate_compiled is not None
+    out = list(trainer())
+    assert [d["step"] for d in out] == [500, 1000] and all("eval_return_mean" in d for d in out)
+    assert trainer._evaluate._cache_size() == 0  # the lazily compiled path was never taken
+    np.testing.assert_array_equal(trainer.evaluate(), trainer._evaluate(trainer.carry.agent, trainer._eval_keys()))
 
 
 def test_tensorboard_events_read_back(trained_run):

@@ -157,9 +157,8 @@ class Trainer:
         self.replicated = None if self.mesh is None else parallel.replicated(self.mesh)
         self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), **self._out(self.shardings))
         self._init_compiled = None
-        self._finite = jax.jit(_finite_tree, **self._out(self.replicated))
-        self._finite_compiled = None
         self._runs: dict[int, Any] = {}
+        self._evaluate_compiled = None
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  **self._out(self.replicated))
         # Seconds spent before training proper: building, tracing and compiling (init, chunks);
@@ -255,9 +254,12 @@ class Trainer:
 
         def run_split(big, rest):
             carry, logs = run(_join_buffer(big, rest))
-            return _split_buffer(carry), logs
+            # the divergence guard's parameter check, in the chunk's program (no second program
+            # to compile and launch per chunk)
+            return _split_buffer(carry), logs, _finite_tree(carry.agent)
 
-        out = self._out((None if self.shardings is None else _split_buffer(self.shardings), self.replicated))
+        out = self._out((None if self.shardings is None else _split_buffer(self.shardings), self.replicated,
+                         self.replicated))
         with xla_cpu.unrolled_threefry():
             return jax.jit(run_split, donate_argnums=0, **out).lower(*_split_buffer(self.carry_spec))
 
@@ -279,8 +281,9 @@ class Trainer:
     def _add_runs(self, compiled_runs: dict) -> None:
         for num_iters, compiled in compiled_runs.items():
             def chunk(carry, compiled=compiled):
-                (big, rest), logs = compiled(*_split_buffer(carry))
-                return _join_buffer(big, rest), logs
+                """carry -> (carry, logs, whether every float parameter of the agents is finite)."""
+                (big, rest), logs, finite = compiled(*_split_buffer(carry))
+                return _join_buffer(big, rest), logs, finite
 
             chunk.as_text = compiled.as_text  # the compiled HLO, for inspection
             self._runs[num_iters] = chunk
@@ -299,22 +302,22 @@ class Trainer:
 
     def _compile_missing(self, with_init: bool, chunk_sizes) -> None:
         """Lower and compile side by side what is not compiled yet: the chunks first (the
-        longest compiles), then the init program and the divergence guard's check."""
+        longest compiles), then the init program and, when the run evaluates as it goes, the
+        evaluation (so that its compile is not counted as training time)."""
         programs = [(n, lambda n=n: self._lower_run(n), xla_cpu.loop_options())
                     for n in dict.fromkeys(chunk_sizes) if n not in self._runs]
         if with_init and self._init_compiled is None:
             programs.append(("init", lambda: self._init.lower(self.keys, self.hparam_values),
                              xla_cpu.run_once_options()))
-        if chunk_sizes and self._finite_compiled is None:
-            # the divergence guard's parameter check, run after every chunk
-            programs.append(("finite", lambda: self._finite.lower(self.carry_spec.agent), xla_cpu.run_once_options()))
+        if chunk_sizes and self.config.eval_interval and self._evaluate_compiled is None:
+            programs.append(("evaluate", self._lower_evaluate, {}))
         if not programs:
             return
         done = self._compile(programs)
+        if "evaluate" in done:
+            self._evaluate_compiled = done.pop("evaluate")
         if "init" in done:
             self._init_compiled = done.pop("init")
-        if "finite" in done:
-            self._finite_compiled = done.pop("finite")
         self._add_runs(done)
 
     def _run_fn(self, num_iters: int):
@@ -406,18 +409,26 @@ class Trainer:
     def evaluate(self, carry=None) -> np.ndarray:
         """Deterministic evaluation returns, shape [runs, eval_episodes] (runs = configs x seeds)."""
         carry = self.carry if carry is None else carry
-        eval_keys = parallel.run_keys(10_000 + self.config.seed, self.config.seeds, len(self.configs))
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, self.step))(eval_keys)
+        evaluate = self._evaluate if self._evaluate_compiled is None else self._evaluate_compiled
         with xla_cpu.unrolled_threefry():
-            returns = self._evaluate(carry.agent, keys)
+            returns = evaluate(carry.agent, self._eval_keys())
         return np.asarray(self.to_host(returns))
 
-    def _check_finite(self, logs: dict):
+    def _eval_keys(self) -> jax.Array:
+        """Evaluation keys of every run at the current step."""
+        eval_keys = parallel.run_keys(10_000 + self.config.seed, self.config.seeds, len(self.configs))
+        return jax.vmap(lambda k: jax.random.fold_in(k, self.step))(eval_keys)
+
+    def _lower_evaluate(self):
+        with xla_cpu.unrolled_threefry():
+            return self._evaluate.lower(self.carry_spec.agent, self._eval_keys())
+
+    def _check_finite(self, logs: dict, params_finite) -> None:
         for name, values in logs.items():
             v = np.asarray(values, np.float64)
             if np.any(np.isinf(v)):
                 raise DivergenceError(self.step, name)
-        if not bool(self.to_host(self._finite_compiled(self.carry.agent))):
+        if not bool(params_finite):
             raise DivergenceError(self.step, "params")
 
     def __call__(self) -> Iterator[dict]:
@@ -431,13 +442,14 @@ class Trainer:
             n = min(self.chunk_iters, self.total_iters - self.iteration)
             run = self._run_fn(n)
             t0 = time.perf_counter()
-            carry, logs = run(self.carry)
-            logs = parallel.reduce_shard_logs(self.to_host(logs), self.shards)
+            carry, logs, params_finite = run(self.carry)
+            logs, params_finite = self.to_host((logs, params_finite))
+            logs = parallel.reduce_shard_logs(logs, self.shards)
             seconds = time.perf_counter() - t0
             prev_step = self.step
             self.carry = carry
             self.iteration += n
-            self._check_finite(logs)
+            self._check_finite(logs, params_finite)
             log_data = summarize(logs, self.runs)
             log_data.update(step=self.step, chunk_s=seconds,
                             steps_per_s=n * self.steps_per_iter / seconds,
