@@ -42,12 +42,25 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = activation(self.activation)
+        if not self.is_initializing():
+            return self._stacked(x, act)
         for width in self.hidden:
             x = act(nn.Dense(width)(x))
         if self.out is not None:
             init = nn.initializers.variance_scaling(self.out_scale, "fan_avg", "uniform")
             x = nn.Dense(self.out, kernel_init=init)(x)
         return x
+
+    def _stacked(self, x, act):
+        """The same layers as one `dense_stack` over the `nn.Dense` parameters (faster
+        gradients on CPU); the activation after a last hidden layer stays outside it."""
+        params = self.variables["params"]
+        num = len(self.hidden) + (self.out is not None)
+        layers = tuple((params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]) for i in range(num))
+        y = dense_stack(self.activation, layers, x.reshape(-1, x.shape[-1]))
+        if self.out is None:
+            y = act(y)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class DeterministicActor(nn.Module):
