@@ -174,9 +174,11 @@ class Trainer:
 
     # ---- one run, as vmapped over runs -------------------------------------------
     def _vmap(self, fn, in_axes=0, out_axes=0):
-        """`jax.vmap` over runs; for an env that cannot be vmapped (one run only), the same
-        batched layout (a leading axis of 1) without vmap, so checkpoints look the same."""
-        if self.vmappable:
+        """`jax.vmap` over runs. A single run, and the run of an env that cannot be vmapped,
+        get the same batched layout (a leading axis of 1) without vmap, so checkpoints look
+        the same: traced without a batch axis of 1, its products keep the plain 2-D shapes
+        XLA:CPU hands to its fastest kernels."""
+        if self.vmappable and self.runs > 1:
             return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
         def one(*args):
