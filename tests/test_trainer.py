@@ -224,4 +224,5 @@ def test_summary_train_time_excludes_only_compile(data_parallel_run):
     """Building the Trainer counts as compile time once, not subtracted from the training wall time again."""
     summary = json.loads((data_parallel_run / "summary.json").read_text())
     assert summary["train_s"] > 0.01
-    assert summary["steps_per_s"] == pytest.approx(600 / summary["train_s"], rel=0.01)
+    # train_s is rounded to the millisecond in the summary
+    assert summary["steps_per_s"] * summary["train_s"] == pytest.approx(600, abs=summary["steps_per_s"] * 5e-4 + 1)
