@@ -58,6 +58,26 @@ def test_evaluation_compiles_up_front_when_the_run_evaluates_as_it_goes():
     np.testing.assert_array_equal(trainer.evaluate(), trainer._evaluate(trainer.carry.agent, trainer._eval_keys()))
 
 
+def test_gc_paused_restores_the_collector_state_even_on_error():
+    import gc
+
+    from angle_jax.training.trainer import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's choice to keep it off is left alone
+    finally:
+        gc.enable()
+
+
 def test_tensorboard_events_read_back(trained_run):
     from tensorboardX.proto import event_pb2
 

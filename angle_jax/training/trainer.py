@@ -17,7 +17,9 @@ writes checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import math
 import time
@@ -96,6 +98,22 @@ def build_components(config: RunConfig):
     return env, eval_env, algo, train
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused for the block (restored as it was after).
+
+    Tracing and lowering allocate millions of short-lived objects; each time that sets off
+    a full collection, it walks every object jax, flax and the env libraries hold. Paused,
+    TD3's build, trace and compile take ~0.2 s (~8%) less on CPU."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _finite_tree(tree) -> jax.Array:
     """True when every float in `tree` is finite: one reduction per float dtype, not per leaf
     (on XLA:CPU every kernel adds to the compile time)."""
@@ -117,6 +135,10 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
                  warn=print, devices=None):
+        with gc_paused():
+            self._build(config, run_dir, resume, warn, devices)
+
+    def _build(self, config: RunConfig, run_dir, resume: bool, warn, devices):
         started = time.perf_counter()
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -273,7 +295,7 @@ class Trainer:
         GIL) while XLA compiles the previous one (which releases the GIL). On a
         multi-core host the init program and the chunks compile concurrently."""
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with gc_paused(), ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(lowered.compile, options) for name, lowered, options in
                        ((name, lower(), options) for name, lower, options in programs)}
             done = {name: f.result() for name, f in futures.items()}
