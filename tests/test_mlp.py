@@ -18,9 +18,10 @@ def _layers_by_hand(params, x, act_name, has_out):
     return x
 
 
-@pytest.mark.parametrize("act,out,shape", [("swish", 3, (6, 5, 4)), ("relu", None, (7, 4)), ("tanh", 1, (4,))])
-def test_mlp_runs_its_dense_layers_as_one_stack_with_the_same_values_and_gradients(act, out, shape):
-    net = MLP((16, 8), act, out)
+@pytest.mark.parametrize("act,out,shape,hidden", [("swish", 3, (6, 5, 4), (16, 8)), ("relu", None, (7, 4), (16, 8)),
+                                                  ("tanh", 1, (4,), (16, 8)), ("relu", 8, (7, 4), ())])
+def test_mlp_runs_its_dense_layers_as_one_stack_with_the_same_values_and_gradients(act, out, shape, hidden):
+    net = MLP(hidden, act, out)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
     x = jax.random.normal(jax.random.PRNGKey(2), shape)
@@ -32,7 +33,7 @@ def test_mlp_runs_its_dense_layers_as_one_stack_with_the_same_values_and_gradien
         return lambda p, scale: jnp.sum(jnp.sin(scale * apply(p, x)))
 
     y = jax.jit(net.apply)(params, x)
-    assert y.shape == (*shape[:-1], out or 8)
+    assert y.shape == (*shape[:-1], out or (hidden[-1] if hidden else shape[-1]))
     chex.assert_trees_all_close(y, by_hand(params, x), atol=1e-6)
     chex.assert_trees_all_close(jax.grad(loss(net.apply))(params, 1.0), jax.grad(loss(by_hand))(params, 1.0),
                                 atol=1e-5)
@@ -41,6 +42,12 @@ def test_mlp_runs_its_dense_layers_as_one_stack_with_the_same_values_and_gradien
         return jax.grad(lambda s: sum(jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(loss(apply))(params, s))))(1.0)
 
     np.testing.assert_allclose(second(net.apply), second(by_hand), rtol=1e-4)
+
+
+def test_mlp_without_layers_is_the_identity():
+    x = jnp.arange(6.0).reshape(2, 3) - 3.0
+    net = MLP((), "relu", None)
+    np.testing.assert_array_equal(net.apply(net.init(jax.random.PRNGKey(0), x), x), x)
 
 
 def test_q_ensemble_members_match_their_layers_written_out():

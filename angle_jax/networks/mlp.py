@@ -54,8 +54,10 @@ class MLP(nn.Module):
     def _stacked(self, x, act):
         """The same layers as one `dense_stack` over the `nn.Dense` parameters (faster
         gradients on CPU); the activation after a last hidden layer stays outside it."""
-        params = self.variables["params"]
         num = len(self.hidden) + (self.out is not None)
+        if num == 0:
+            return x
+        params = self.variables["params"]
         layers = tuple((params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]) for i in range(num))
         y = dense_stack(self.activation, layers, x.reshape(-1, x.shape[-1]))
         if self.out is None:
