@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,6 +77,25 @@ def test_gc_paused_restores_the_collector_state_even_on_error():
         assert not gc.isenabled()  # a caller's choice to keep it off is left alone
     finally:
         gc.enable()
+
+
+def test_seed_i_of_a_multi_seed_run_starts_as_the_single_run_with_that_seed():
+    """Same initial parameters and, through the random warm-up, the same env trajectory."""
+    def first_chunk(seeds, seed):
+        trainer = Trainer(load_config(overrides=TINY_TD3 + ["log_interval=500", "eval_interval=0", f"seeds={seeds}",
+                                                            f"seed={seed}"], algo="td3", env="Pendulum-v1"))
+        carry = trainer.init_carry()
+        start = trainer.agent_params(carry)
+        carry, _, _ = trainer._run_fn(trainer.chunk_iters)(carry)  # 500 warm-up steps, no update yet
+        return start, np.asarray(carry.obs)
+
+    params_2, obs_2 = first_chunk(2, 0)
+    params_1, obs_1 = first_chunk(1, 1)
+    for x, y in zip(jax.tree.leaves(params_2), jax.tree.leaves(params_1)):
+        if np.ndim(x):  # leaves with a run axis (shared counters have none)
+            np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[0])
+    np.testing.assert_array_equal(obs_2[1], obs_1[0])
+    assert not np.array_equal(obs_2[0], obs_2[1])
 
 
 def test_tensorboard_events_read_back(trained_run):
