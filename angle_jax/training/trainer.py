@@ -325,14 +325,22 @@ class Trainer:
         self._compile_missing(with_init, self._chunk_sizes() if with_chunks else ())
 
     def _compile_missing(self, with_init: bool, chunk_sizes) -> None:
-        """Lower and compile side by side what is not compiled yet: the chunks first (the
-        longest compiles), then the init program and, when the run evaluates as it goes, the
-        evaluation (so that its compile is not counted as training time)."""
+        """Lower and compile side by side what is not compiled yet: the chunks (the longest
+        compiles), the init program and, when the run evaluates as it goes, the evaluation (so
+        that its compile is not counted as training time).
+
+        A single run lowers its init program first: unbatched, it lowers in ~0.2 s and then
+        compiles while the chunks lower (TD3: 2.15-2.22 vs 2.18-2.38 s in all). Vmapped over
+        runs it lowers slower and would hold the chunks back (8 seeds: 2.92-3.08 vs 2.76-2.88 s),
+        so there the chunks go first."""
         programs = [(n, lambda n=n: self._lower_run(n), xla_cpu.loop_options())
                     for n in dict.fromkeys(chunk_sizes) if n not in self._runs]
         if with_init and self._init_compiled is None:
-            programs.append(("init", lambda: self._init.lower(self.keys, self.hparam_values),
-                             xla_cpu.run_once_options()))
+            init = ("init", lambda: self._init.lower(self.keys, self.hparam_values), xla_cpu.run_once_options())
+            if self.runs == 1:
+                programs.insert(0, init)
+            else:
+                programs.append(init)
         if chunk_sizes and self.config.eval_interval and self._evaluate_compiled is None:
             programs.append(("evaluate", self._lower_evaluate, {}))
         if not programs:
