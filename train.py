@@ -168,6 +168,10 @@ def main(argv=None) -> int:
         for log_data in trainer():
             for lg in log:
                 lg.log(log_data)
+    except C.ConfigError as e:  # e.g. --resume with checkpoints that do not fit this run
+        for lg in log:
+            lg.close()
+        fail(str(e))
     except DivergenceError as e:
         print(f"train.py: {e}; stopping (last good checkpoint kept in {run_dir / 'checkpoints'})",
               file=sys.stderr, flush=True)

@@ -98,6 +98,24 @@ def test_seed_i_of_a_multi_seed_run_starts_as_the_single_run_with_that_seed():
     assert not np.array_equal(obs_2[0], obs_2[1])
 
 
+def test_resume_refuses_to_start_over_when_no_checkpoint_fits(trained_run, tmp_path):
+    """Checkpoints that do not fit the run (here: garbage) stop the resume with exit 2; they are kept."""
+    import shutil
+
+    ref_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(ref_dir, copy)
+    files = sorted((copy / "checkpoints").glob("ckpt_*.ckpt"))
+    assert files
+    for f in files:
+        f.write_bytes(b"not a checkpoint")
+    proc = run_script("train.py", "--resume", str(copy))
+    assert proc.returncode == 2, proc.stderr
+    assert f"none of the {len(files)} checkpoints" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted((copy / "checkpoints").glob("ckpt_*.ckpt")) == files
+    assert all(f.read_bytes() == b"not a checkpoint" for f in files)
+
+
 def test_tensorboard_events_read_back(trained_run):
     from tensorboardX.proto import event_pb2
 

@@ -401,12 +401,16 @@ class Trainer:
         return self.checkpoints.save(self.step, tree, meta) if self.is_main else None
 
     def restore(self) -> bool:
-        """Load the newest readable checkpoint into `carry`; False when there is none."""
+        """Load the newest readable checkpoint into `carry`; False when there is none.
+
+        Raises `ConfigError` when there are checkpoints but none of them fits this run (e.g.
+        written by another version): the run is not silently started over beside them."""
         if self.checkpoints is None:
             return False
         template = self.to_host(self.init_carry(with_chunks=False))
-        found = None
-        for step in reversed(self.checkpoints.all_steps()):
+        found, errors = None, []
+        steps = self.checkpoints.all_steps()
+        for step in reversed(steps):
             path = self.checkpoints.path_for(step)
             try:
                 header, _ = ckpt.read_meta(path)
@@ -415,8 +419,13 @@ class Trainer:
                 found = (tree, header)
                 break
             except ckpt.CheckpointError as e:
+                errors.append(e)
                 self.warn(f"warning: {e}; trying the previous checkpoint")
         if found is None:
+            if steps:
+                raise ConfigError(f"none of the {len(steps)} checkpoints in {self.checkpoints.directory} can be "
+                                  f"restored into this run (newest: {errors[0]}); they are left as they are: "
+                                  f"move them away to start the run over")
             return False
         tree, header = found
         if getattr(tree, "buffer", 1) is None:
