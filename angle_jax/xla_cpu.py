@@ -65,18 +65,18 @@ def unrolled_threefry():
 
 
 def split_keys(key: jax.Array, num: int = 2) -> jax.Array:
-    """`jax.random.split(key, num)`, computed once.
+    """`jax.random.split(key, num)` behind an optimisation barrier (`computed_once`).
 
-    XLA may fuse a cheap producer into each of its consumers; for key derivation that means
-    the threefry hash is emitted (compiled and run) once per random draw that uses a key.
-    Behind an optimisation barrier it is one kernel. Seen when a run is traced without vmap
-    (as runs on external envs such as envpool are): SAC's Pendulum loop, in a variant with
-    hand-written dense layers, compiled in 6.8 s without the barriers and 2.9 s with them
-    (benchmarks/RESULTS.md). Same values."""
+    Measured when a run is traced without vmap (as runs on external envs such as envpool
+    are): SAC's Pendulum loop, in a variant with hand-written dense layers, compiled in
+    6.8 s without the barriers and 2.9 s with them (benchmarks/RESULTS.md). Same values."""
     return computed_once(jax.random.split(key, num))
 
 
 def computed_once(tree):
-    """`tree` as it is, kept from being fused into (and recomputed by) each of its consumers."""
+    """`tree` as it is, behind `jax.lax.optimization_barrier`: XLA's passes cannot move or
+    duplicate computation across it while it stands. XLA:CPU removes the barrier before it
+    fuses (it is absent from the compiled program), so it does not decide fusions: e.g. it
+    does not stop a reduction from being fused into a concatenation (`algos.base.flattened`)."""
     return jax.lax.optimization_barrier(tree)
 

@@ -73,7 +73,7 @@ def test_gc_paused_restores_the_collector_state_even_on_error():
     gc.disable()
     try:
         with gc_paused():
-            pass
+            assert not gc.isenabled()
         assert not gc.isenabled()  # a caller's choice to keep it off is left alone
     finally:
         gc.enable()

@@ -66,7 +66,7 @@ def uniform_replay(capacity: int, batch_size: int, min_size: int | None = None) 
         k_row, k_env = jax.random.split(key)
         rows = jax.random.randint(k_row, (batch_size,), 0, jnp.maximum(state.size, 1))
         envs = jax.random.randint(k_env, (batch_size,), 0, num_envs)
-        # one index computation shared by every leaf's gather, not one per gather
+        # behind a barrier, so XLA's passes before fusion keep one index computation for all gathers
         rows, envs = computed_once((rows, envs))
         return jax.tree.map(lambda d: d[rows, envs], state.data)
 
