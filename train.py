@@ -201,8 +201,9 @@ def main(argv=None) -> int:
         "final_eval_return_per_seed": returns.mean(axis=1).tolist(),
         "eval_episodes": config.eval_episodes,
         "compile_s": round(trainer.compile_s, 3), "train_s": round(train_s, 3), "wall_s": round(wall, 3),
-        "steps_per_s": round(trainer.step / train_s, 1),
-        "agent_steps_per_s": round(trainer.step * trainer.runs / train_s, 1),
+        # the steps trained in this invocation (a resumed run started at its checkpoint's step)
+        "steps_per_s": round((trainer.step - trainer.start_step) / train_s, 1),
+        "agent_steps_per_s": round((trainer.step - trainer.start_step) * trainer.runs / train_s, 1),
         "data_parallel": trainer.shards,
         "devices": 1 if trainer.mesh is None else int(trainer.mesh.devices.size),
         "processes": jax.process_count(),

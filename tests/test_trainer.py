@@ -98,6 +98,22 @@ def test_seed_i_of_a_multi_seed_run_starts_as_the_single_run_with_that_seed():
     assert not np.array_equal(obs_2[0], obs_2[1])
 
 
+def test_resuming_a_finished_run_trains_no_steps_and_reports_no_speed(trained_run, tmp_path):
+    """The summary's steps/s counts the steps of this invocation, not those of the checkpoint."""
+    import shutil
+
+    ref_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(ref_dir, copy)
+    before = json.loads((copy / "summary.json").read_text())
+    proc = run_script("train.py", "--resume", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((copy / "summary.json").read_text())
+    assert after["total_steps"] == before["total_steps"] == 3000
+    assert after["steps_per_s"] == 0.0 and after["agent_steps_per_s"] == 0.0
+    assert before["steps_per_s"] > 0
+
+
 def test_resume_refuses_to_start_over_when_no_checkpoint_fits(trained_run, tmp_path):
     """Checkpoints that do not fit the run (here: garbage) stop the resume with exit 2; they are kept."""
     import shutil

@@ -188,6 +188,7 @@ class Trainer:
         self.compile_s = self.build_s = time.perf_counter() - started
         self.carry = None
         self.iteration = 0
+        self.start_step = 0
         self.best_eval = -math.inf
         self.checkpoints = None
         if self.run_dir is not None:
@@ -477,6 +478,7 @@ class Trainer:
         if self.carry is None:
             if not (self._resume and self.restore()):
                 self.carry = self.init_carry()
+        self.start_step = self.step  # where this generator starts (after a resume: the checkpoint's step)
         eval_every = self.config.eval_interval
         ckpt_every = self.config.checkpoint_interval
         while self.iteration < self.total_iters:
