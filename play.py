@@ -20,6 +20,8 @@ def parse_args(argv=None):
                    help="which trained run to play: runs = sweep configs x seeds, run r = g * seeds + s "
                         "(labels in summary.json; default 0)")
     p.add_argument("--max-steps", type=int, help="cap on steps per episode (default: the env's limit)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu", "tpu"],
+                   help="backend to play on (default auto: JAX's default backend)")
     p.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an env setting, e.g. --env-set split=train (data-feed envs play "
                         "their test period by default)")
@@ -77,7 +79,7 @@ def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
 def agent_axes(algo, key):
     import jax
 
-    from angle_jax.training.axes import seed_axes
+    from angle_jax.core.axes import seed_axes
 
     return seed_axes(jax.eval_shape(algo.init, key))
 
@@ -146,8 +148,17 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    module = registry.load_algo(config.algo)
-    algo = module.make(config.agent, env.spec)
+    from angle_jax import devices, xla_cpu
+
+    try:
+        device = devices.select_devices(args.device or config.device)[0]
+    except ValueError as e:
+        fail(str(e))
+    jax.config.update("jax_default_device", device)
+    # the kernels the run was made with (config.yaml records them): its optimizer state's layout
+    kernels = xla_cpu.select(config.kernels, device.platform)
+    algo = registry.algo_spec(config.algo).make(config.agent, env.spec, total_steps=config.total_steps,
+                                                 kernels=kernels)
     try:
         agents = load_agent(run_dir, ckpt_file, algo, config)
     except (FileNotFoundError, CheckpointError) as e:

@@ -11,8 +11,16 @@ from datetime import datetime
 from pathlib import Path
 
 
+def names_epilog() -> str:
+    """The algorithm and env names, for --help (listing envs imports JAX and gymnax)."""
+    from angle_jax import registry
+
+    return ("algorithms: " + ", ".join(registry.algo_names()) + "\n"
+            "envs: " + ", ".join(registry.env_names()))
+
+
 def parse_args(argv=None):
-    from angle_jax.cli import Parser, names_epilog
+    from angle_jax.cli import Parser
 
     p = Parser(description="Train an angle_jax agent. Settings come from defaults < --config < flags < --set.",
                epilog_fn=names_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--total-steps", type=int, help="env steps per seed")
     p.add_argument("--run-dir", help="run directory (default runs/<algo>_<env>_<seed>_<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu", "tpu"],
+                   help="backend to run on (default auto: JAX's default backend)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set batch_size=128 --set agent.tau=0.01 "
                         "--set meta.kind=meta_gradient (dotted keys reach into mappings such as meta)")
@@ -51,10 +61,11 @@ def resolve_config(args):
             raise C.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
         if args.sweep or args.data_parallel is not None:
             raise C.ConfigError("--sweep and --data-parallel cannot change on --resume (config.yaml keeps them)")
-        cli = dict(total_steps=args.total_steps)
+        cli = dict(total_steps=args.total_steps, device=args.device)
         return C.load_config(run_dir / "config.yaml", args.overrides, **cli), run_dir, None
     cli = dict(algo=args.algo, env=args.env, seeds=args.seeds, seed=args.seed, total_steps=args.total_steps,
-               sweep=_sweep_arg(args.sweep), data_parallel=_data_parallel_arg(args.data_parallel))
+               sweep=_sweep_arg(args.sweep), data_parallel=_data_parallel_arg(args.data_parallel),
+               device=args.device)
     config_file, preset = args.config, None
     if config_file is None and not args.no_preset:
         base = C.RunConfig()
@@ -102,7 +113,7 @@ def _host_devices_wanted(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.resume and (args.seeds or args.sweep or args.data_parallel is not None):
-        from angle_jax.devices import split_cpu_for_seeds
+        from angle_jax.host_devices import split_cpu_for_seeds
 
         split_cpu_for_seeds(_host_devices_wanted(args))
     from angle_jax import config as C
@@ -136,6 +147,9 @@ def main(argv=None) -> int:
 
     from angle_jax import loggers
 
+    # the run directory records the kernels the run was made with: its checkpoints hold optimizer
+    # state in their layout, so a resume or play.py on another backend must use the same
+    config = dataclasses.replace(config, kernels=trainer.kernels.name)
     log = []
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +167,8 @@ def main(argv=None) -> int:
         print(f"run: {run_dir}  algo={config.algo} env={config.env} seeds={config.seeds} "
               f"total_steps={config.total_steps:,}{scale}", flush=True)
         if config.tensorboard:
-            if config.sweep:
-                log.append(RunTensorBoardLogger(run_dir / "events", trainer.labels))
-            else:
-                log.append(loggers.TensorBoardLogger(run_dir / "events", config.seeds))
+            log.append(loggers.TensorBoardLogger(run_dir / "events", config.seeds,
+                                                 trainer.labels if config.sweep else None))
         log.append(loggers.JsonlLogger(run_dir / "metrics.jsonl"))
         if config.progress:
             log.append(loggers.ProgressLogger(config.total_steps * 1))
@@ -192,6 +204,7 @@ def main(argv=None) -> int:
     if not is_main:
         return 0
     ckpt.save(run_dir / "params.ckpt", agent, {"step": trainer.step, "algo": config.algo})
+    used = trainer.devices_used()
     # `wall` starts after the Trainer was built, `compile_s` includes building it
     train_s = max(wall - (trainer.compile_s - trainer.build_s), 1e-9)
     summary = {
@@ -207,8 +220,9 @@ def main(argv=None) -> int:
         "data_parallel": trainer.shards,
         "devices": 1 if trainer.mesh is None else int(trainer.mesh.devices.size),
         "processes": jax.process_count(),
+        "backend": used["backend"], "device_kind": used["device_kind"], "kernels": trainer.kernels.name,
     }
-    learned = _meta_hparams(config, agent)
+    learned = _meta_hparams(config, trainer.parts.spec, agent)
     if learned:
         summary["meta_hparams"] = learned
     if config.sweep:
@@ -234,45 +248,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def _meta_hparams(config, agent) -> dict[str, list[float]]:
+def _meta_hparams(config, algo_spec, agent) -> dict[str, list[float]]:
     """Final values of the meta-learned hyperparameters, one per run ({} without meta-gradients)."""
     import numpy as np
 
-    from angle_jax.meta import learned_hparam_names
-    from angle_jax.meta.meta_gradient import get_hparams
+    from angle_jax.core.optim import get_hparams
+    from angle_jax.meta.build import learned_hparam_names
 
-    names = learned_hparam_names(config)
+    names = learned_hparam_names(config.meta, algo_spec)
     if not names or not hasattr(agent, "hparams"):
         return {}
     return {n: np.asarray(v, np.float64).reshape(-1).tolist() for n, v in get_hparams(agent, names).items()}
-
-
-class RunTensorBoardLogger:
-    """TensorBoard for a sweep: `train/` and `eval/` means over all runs, `run_<i>/` for each
-    run, and a text entry naming each run's hyperparameter values and seed."""
-
-    def __init__(self, log_dir, labels: list[str]):
-        from angle_jax import loggers
-
-        self.base = loggers.TensorBoardLogger(log_dir, 1)
-        self.writer = self.base.writer
-        self.writer.add_text("runs", "\n\n".join(labels), 0)
-
-    def log(self, log_data: dict) -> None:
-        import math
-
-        self.base.log(log_data)
-        step = int(log_data["step"])
-        for k, values in log_data.get("per_seed", {}).items():
-            for i, v in enumerate(values):
-                if math.isfinite(v):
-                    self.writer.add_scalar(f"run_{i}/{k}", v, step)
-        for i, v in enumerate(log_data.get("eval_return_per_seed", [])):
-            self.writer.add_scalar(f"run_{i}/eval_return", v, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.base.close()
 
 
 def _spec_dict(spec) -> dict:

@@ -29,10 +29,3 @@ def fail(message: str, prog: str | None = None, code: int = EXIT_BAD_INPUT):
     prog = prog or sys.argv[0].rsplit("/", 1)[-1]
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
-
-
-def names_epilog() -> str:
-    from angle_jax import registry
-
-    return ("algorithms: " + ", ".join(registry.algo_names()) + "\n"
-            "envs: " + ", ".join(registry.env_names()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -14,24 +15,13 @@ from typing import Any
 
 import yaml
 
-from angle_jax import registry
+from angle_jax import parallel, registry
+from angle_jax.meta.config import MetaConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-# Tuned settings used when no --config is given for this (algo, env).
-PRESETS: dict[tuple[str, str], str] = {
-    ("td3", "Pendulum-v1"): "td3_pendulum.yaml",
-    ("sac", "Pendulum-v1"): "sac_pendulum.yaml",
-    ("ddpg", "Pendulum-v1"): "ddpg_pendulum.yaml",
-    ("dqn", "CartPole-v1"): "dqn_cartpole.yaml",
-    ("ppo", "CartPole-v1"): "ppo_cartpole.yaml",
-    ("a2c", "CartPole-v1"): "a2c_cartpole.yaml",
-    ("ppo", "Pendulum-v1"): "ppo_pendulum.yaml",
-    ("ppo", "Breakout-MinAtar"): "ppo_minatar.yaml",
-    ("rainbow", "Breakout-MinAtar"): "rainbow_minatar.yaml",
-    ("sac", "HalfCheetah-v4"): "sac_halfcheetah.yaml",
-    ("td3", "HalfCheetah-v4"): "td3_mujoco.yaml",
-}
+KERNELS = ("auto", "xla", "cpu")
+DEVICES = ("auto", "cpu", "gpu", "tpu")
 
 
 class ConfigError(ValueError):
@@ -64,13 +54,15 @@ class RunConfig:
     save_buffer: bool | None = None
     modules: tuple[str, ...] = ()
     module_kwargs: dict = dataclasses.field(default_factory=dict)
-    meta: dict = dataclasses.field(default_factory=dict)
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     auxiliary: tuple[str, ...] = ()
     tensorboard: bool = True
     wandb: bool = False
     progress: bool = True
     sweep: dict = dataclasses.field(default_factory=dict)  # traced hparam name -> values, vmapped in one compile
     data_parallel: int = 1  # shards of each run (envs, batch, replay split; gradients averaged)
+    kernels: str = "auto"  # auto (cpu on the CPU backend, else xla), xla (plain JAX/flax) or cpu (angle_jax.xla_cpu)
+    device: str = "auto"  # auto (the default backend), cpu, gpu or tpu
     agent: Any = None
 
     def validate(self) -> None:
@@ -82,32 +74,37 @@ class RunConfig:
         for name in ("learning_starts", "eval_interval", "checkpoint_interval", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        module = registry.load_algo(self.algo)
-        self._validate_scale(getattr(module, "LOOP", "off_policy") == "on_policy")
-        if getattr(module, "LOOP", "off_policy") == "off_policy":
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        try:
+            spec = registry.algo_spec(self.algo)
+        except registry.UnknownNameError as e:
+            raise ConfigError(str(e)) from None
+        self._validate_scale(spec.loop == "on_policy")
+        if spec.loop == "off_policy":
             if self.buffer_size < self.num_envs:
                 raise ConfigError(f"buffer_size ({self.buffer_size}) must be at least num_envs ({self.num_envs})")
             if self.batch_size > self.buffer_size:
                 raise ConfigError(f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})")
-        if self.agent is not None and hasattr(self.agent, "validate"):
-            import inspect
-
+        if self.agent is not None:
             try:
-                if "num_envs" in inspect.signature(self.agent.validate).parameters:
-                    self.agent.validate(num_envs=self.num_envs)
-                else:
-                    self.agent.validate()
-            except ConfigError:
-                raise
+                self.agent.validate(self.num_envs)
             except ValueError as e:
                 raise ConfigError(f"agent.{e}") from None
-
+        try:
+            self.meta.validate(self.auxiliary)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.meta.wants_gradient and spec.meta_options is None:
+            available = sorted(n for n, s in registry.ALGOS.items() if s.meta_options is not None)
+            raise ConfigError(f"meta-gradients need a validation objective; algorithm {self.algo!r} has none "
+                              f"(available for: {', '.join(available)})")
 
     def _validate_scale(self, on_policy: bool) -> None:
         """Sweep values and data-parallel divisibility (names are checked against the
         algorithm's traced hparams by the Trainer, still before any compile)."""
-        from angle_jax import parallel
-
         try:
             parallel.normalize_sweep(self.sweep)
         except parallel.SweepError as e:
@@ -201,7 +198,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]
         return list(value)
+    if dataclasses.is_dataclass(tp):  # a typed section, e.g. meta
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+        raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
     return value
+
+
+def build_section(cls: type, values: dict, prefix: str = "") -> Any:
+    """A typed config section (e.g. `MetaConfig`) from a mapping, through the same coercion and
+    errors as a config file: unknown keys and wrong types raise `ConfigError` naming the key."""
+    return _build(cls, values, prefix)
 
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
@@ -237,9 +246,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _mapping_fields() -> tuple[str, ...]:
-    """RunConfig fields holding a mapping (meta, env_kwargs, ...), which `--set` may reach into."""
+    """RunConfig fields holding a mapping or a typed section (meta, env_kwargs, ...), which `--set`
+    may reach into."""
     hints = typing.get_type_hints(RunConfig)
-    return tuple(f.name for f in dataclasses.fields(RunConfig) if hints[f.name] is dict)
+    return tuple(f.name for f in dataclasses.fields(RunConfig)
+                 if hints[f.name] is dict or dataclasses.is_dataclass(hints[f.name]))
 
 
 def _set_nested(data: dict, key: str, value: Any) -> None:
@@ -277,7 +288,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def preset_path(algo: str, env: str) -> Path | None:
-    name = PRESETS.get((algo, env))
+    """The tuned preset for (algo, env) named by the algorithm's spec, if there is one."""
+    name = registry.presets().get((algo, env))
     if name is None:
         return None
     path = CONFIG_DIR / name
@@ -312,10 +324,10 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     if not isinstance(algo, str):
         raise ConfigError(f"algo must be a string, got {algo!r}")
     try:
-        module = registry.load_algo(algo)
+        spec = registry.algo_spec(algo)
     except registry.UnknownNameError as e:
         raise ConfigError(str(e)) from None
-    agent = _build(module.Config, agent_values, "agent.")
+    agent = _build(spec.Config, agent_values, "agent.")
     run = _build(RunConfig, data)
     import_modules(run.imports)
     run = dataclasses.replace(run, agent=agent, sweep=_normalized_sweep(run.sweep))
@@ -328,8 +340,6 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
 
 
 def _normalized_sweep(sweep: dict) -> dict:
-    from angle_jax import parallel
-
     try:
         return parallel.normalize_sweep(sweep)
     except parallel.SweepError as e:
@@ -338,8 +348,6 @@ def _normalized_sweep(sweep: dict) -> dict:
 
 def import_modules(names) -> None:
     """Import user modules (e.g. ones calling `registry.register_env`); a missing one is a ConfigError."""
-    import importlib
-
     for name in names:
         try:
             importlib.import_module(name)
@@ -354,6 +362,8 @@ def to_dict(config: RunConfig) -> dict:
             return [plain(v) for v in x]
         if isinstance(x, dict):
             return {k: plain(v) for k, v in x.items()}
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
         return x
 
     out = {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "agent"}

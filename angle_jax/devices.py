@@ -1,27 +1,40 @@
-"""Host-device setup that has to happen before JAX starts."""
+"""Which devices a run uses: `device: auto | cpu | gpu | tpu` in the run config (`--device`)."""
 from __future__ import annotations
 
-import importlib.util
-import os
+import jax
+
+BACKENDS = ("cpu", "gpu", "tpu")
 
 
-def accelerator_plugin_present() -> bool:
-    """True when a GPU/TPU jaxlib plugin is installed (then host devices don't matter)."""
-    names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu", "jax_plugins")
-    return any(importlib.util.find_spec(n) is not None for n in names if n != "jax_plugins") or \
-        os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] not in ("", "cpu")
+def present_backends() -> list[str]:
+    """The backends JAX can run on here (e.g. ["cpu"] on a machine without accelerators)."""
+    found = []
+    for name in BACKENDS:
+        try:
+            if jax.devices(name):
+                found.append(name)
+        except RuntimeError:
+            continue
+    return found
 
 
-def split_cpu_for_seeds(seeds: int) -> int:
-    """On a CPU-only machine, expose one XLA host device per core (up to a divisor of `seeds`),
-    so vmapped seeds are sharded over cores. Must run before `import jax`; returns the count."""
-    if seeds < 2 or "jax" in __import__("sys").modules or accelerator_plugin_present():
-        return 1
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return 1
-    cores = os.cpu_count() or 1
-    count = max(d for d in range(1, min(cores, seeds) + 1) if seeds % d == 0)
-    if count > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    return count
+def select_devices(device: str = "auto") -> list:
+    """The devices of backend `device` ("auto": the default backend's); ValueError naming the
+    backends that are present when `device` is absent or unknown."""
+    if device == "auto":
+        return list(jax.devices())
+    if device not in BACKENDS:
+        raise ValueError(f"device must be one of auto, {', '.join(BACKENDS)}, got {device!r}")
+    try:
+        devices = list(jax.devices(device))
+    except RuntimeError:
+        devices = []
+    if not devices:
+        raise ValueError(f"device {device!r} is not available here; present: {', '.join(present_backends())}")
+    return devices
+
+
+def describe(devices: list) -> dict:
+    """What summary.json records of the devices a run used."""
+    first = devices[0]
+    return {"backend": first.platform, "device_kind": first.device_kind, "device_count": len(devices)}

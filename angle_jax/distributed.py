@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import jax
+from jax._src import distributed as _dist
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -72,8 +75,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                local_device_ids=None, auto: bool = False, timeout_s: int = 300) -> ProcessInfo:
     """Join the job described by flags / environment (or detected, with `auto`), then
     report this process's place in it. A single-process run just reports."""
-    import jax
-
     kwargs = settings(coordinator, num_processes, process_id, local_device_ids)
     if kwargs or auto:
         # CPU processes need a collectives backend to exchange data; GPUs/TPUs ignore this.
@@ -85,20 +86,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def _already_initialized() -> bool:
-    from jax._src import distributed as _dist
-
     return getattr(_dist.global_state, "client", None) is not None
 
 
 def info() -> ProcessInfo:
-    import jax
-
     return ProcessInfo(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def shutdown() -> None:
     """Leave the job cleanly (no-op for a single process)."""
-    import jax
-
     if _already_initialized():
         jax.distributed.shutdown()

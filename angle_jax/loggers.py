@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+from tensorboardX import SummaryWriter
 
 _SKIP = {"step", "per_seed", "eval_return_per_seed"}
 
@@ -20,25 +23,28 @@ def _scalars(log_data: dict) -> dict[str, float]:
 
 
 class TensorBoardLogger:
-    """Scalars under `train/` (mean over seeds) and `seed_<i>/` (each seed) when seeds > 1."""
+    """Scalars under `train/` and `eval/` (means over runs) and, when there are several runs,
+    each run's under `seed_<i>/`; for a sweep (`labels`: one per run, naming its
+    hyperparameter values and seed) under `run_<i>/`, with the labels as a text entry."""
 
-    def __init__(self, log_dir: str | Path, seeds: int = 1):
-        from tensorboardX import SummaryWriter
-
+    def __init__(self, log_dir: str | Path, seeds: int = 1, labels: list[str] | None = None):
         self.writer = SummaryWriter(str(log_dir))
-        self.seeds = seeds
+        self.per_run = seeds > 1 or bool(labels)
+        self.prefix = "run" if labels else "seed"
+        if labels:
+            self.writer.add_text("runs", "\n\n".join(labels), 0)
 
     def log(self, log_data: dict) -> None:
         step = int(log_data["step"])
         for k, v in _scalars(log_data).items():
             self.writer.add_scalar(f"{'eval' if k.startswith('eval_') else 'train'}/{k}", v, step)
-        if self.seeds > 1:
+        if self.per_run:
             for k, values in log_data.get("per_seed", {}).items():
                 for i, v in enumerate(values):
                     if math.isfinite(v):
-                        self.writer.add_scalar(f"seed_{i}/{k}", v, step)
+                        self.writer.add_scalar(f"{self.prefix}_{i}/{k}", v, step)
             for i, v in enumerate(log_data.get("eval_return_per_seed", [])):
-                self.writer.add_scalar(f"seed_{i}/eval_return", v, step)
+                self.writer.add_scalar(f"{self.prefix}_{i}/eval_return", v, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -76,9 +82,9 @@ class ProgressLogger:
     """A line per chunk: progress, steps/s, ETA, recent return, eval return, and the
     meta-learned hyperparameters (`meta/<name>`) when the chunk had a meta step."""
 
-    def __init__(self, total_steps: int, stream=sys.stdout):
+    def __init__(self, total_steps: int, stream=None):
         self.total = total_steps
-        self.stream = stream
+        self.stream = sys.stdout if stream is None else stream  # the stdout of when the run starts
         self.start = time.perf_counter()
         self.first_step = None
 
@@ -111,8 +117,6 @@ class WandbLogger:
     """Weights & Biases, only when asked for; runs offline unless WANDB_MODE says otherwise."""
 
     def __init__(self, run_dir: str | Path, config: dict, name: str):
-        import os
-
         try:
             import wandb
         except ImportError:

@@ -18,6 +18,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from angle_jax.core.optim import hparam_names, set_hparams
 
 SHARD_AXIS = "data"
 RUN_AXIS = "runs"
@@ -83,33 +87,21 @@ def grid(sweep: dict[str, list[float]]) -> list[dict[str, float]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(sweep[n] for n in names))]
 
 
-def hparam_names(agent_state: Any) -> tuple[str, ...]:
-    """Field names of `agent_state.hparams` (a struct dataclass or a dict); () when it has none."""
-    hp = getattr(agent_state, "hparams", None)
-    if hp is None:
-        return ()
-    if isinstance(hp, dict):
-        return tuple(hp)
-    if dataclasses.is_dataclass(hp):
-        return tuple(f.name for f in dataclasses.fields(hp))
-    return ()
-
-
 def sweepable(agent_state: Any) -> tuple[str, ...]:
     """Traced hyperparameters a sweep may set. `init_*` ones only seed the initial state
     (e.g. SAC's temperature), so writing them after `init` would change nothing."""
     return tuple(n for n in hparam_names(agent_state) if not n.startswith("init_"))
 
 
-def check_sweep(sweep: dict[str, list[float]], agent_state: Any, run_config: Any) -> None:
-    """Raise SweepError unless every name is a traced hyperparameter of this algorithm."""
+def check_sweep(sweep: dict[str, list[float]], agent_state: Any, run_config: Any,
+                meta_params: Sequence[str] = ()) -> None:
+    """Raise SweepError unless every name is a traced hyperparameter of this algorithm that
+    meta-gradients (learning `meta_params`) do not learn."""
     allowed = sweepable(agent_state)
     listing = ", ".join(allowed) if allowed else "none: this algorithm keeps no traced hyperparameters"
     static_run = {f.name for f in dataclasses.fields(run_config)}
     static_agent = {f.name for f in dataclasses.fields(run_config.agent)} if run_config.agent is not None else set()
-    from angle_jax.meta import learned_hparam_names
-
-    meta_params = set(learned_hparam_names(run_config))
+    meta_params = set(meta_params)
     for name in sweep:
         if name in allowed:
             if name in meta_params:
@@ -121,22 +113,6 @@ def check_sweep(sweep: dict[str, list[float]], agent_state: Any, run_config: Any
             raise SweepError(f"{name} changes the compiled program's shapes or control flow and cannot be "
                              f"swept; run one job per value with --set (sweepable: {listing})")
         raise SweepError(f"unknown sweep name {name!r}; sweepable: {listing}")
-
-
-def set_hparams(agent_state: Any, values: dict[str, jax.Array]) -> Any:
-    """`agent_state` with the named hparams replaced (broadcast to each leaf's shape and dtype)."""
-    if not values:
-        return agent_state
-    hp = agent_state.hparams
-
-    def cast(old, new):
-        return jnp.broadcast_to(jnp.asarray(new, old.dtype), old.shape)
-
-    if isinstance(hp, dict):
-        hp = {**hp, **{n: cast(hp[n], v) for n, v in values.items()}}
-    else:
-        hp = hp.replace(**{n: cast(getattr(hp, n), v) for n, v in values.items()})
-    return agent_state.replace(hparams=hp)
 
 
 def run_table(configs: list[dict[str, float]], seeds: int) -> dict[str, np.ndarray]:
@@ -201,7 +177,7 @@ def check_data_parallel(run_config: Any, shards: int, on_policy: bool) -> None:
             if getattr(run_config, name) % shards:
                 raise SweepError(f"data_parallel={shards} needs {name} divisible by {shards}, "
                                  f"got {getattr(run_config, name)}")
-    if run_config.meta or run_config.auxiliary:
+    if run_config.meta.is_set or run_config.auxiliary:
         raise SweepError("data_parallel does not support meta-learning or auxiliary models yet "
                          "(their updates are not averaged over shards)")
     if run_config.agent is None or not hasattr(run_config.agent, "axis_name"):
@@ -276,21 +252,17 @@ def mesh_shape(runs: int, shards: int, num_devices: int) -> tuple[int, int]:
     return r, d
 
 
-def make_mesh(runs: int, shards: int, devices: Sequence[Any]) -> jax.sharding.Mesh | None:
+def make_mesh(runs: int, shards: int, devices: Sequence[Any]) -> Mesh | None:
     """A ("runs", "data") mesh over as many of `devices` as divide the axes; None for one device."""
     r, d = mesh_shape(runs, shards, len(devices))
     if r * d == 1:
         return None
-    from jax.sharding import Mesh
-
     return Mesh(np.asarray(list(devices)[: r * d], dtype=object).reshape(r, d), (RUN_AXIS, SHARD_AXIS))
 
 
 def carry_shardings(mesh, axes: Any, tree: Any, shards: int) -> Any:
     """NamedSharding per leaf of `tree`: batched leaves split along runs (and shards), shared
     ones (axis None in the seed_axes prefix `axes`) replicated."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     batched = NamedSharding(mesh, P(RUN_AXIS, SHARD_AXIS) if shards > 1 else P(RUN_AXIS))
     rep = NamedSharding(mesh, P())
     return jax.tree.map(lambda a, x: jax.tree.map(lambda _: rep if a is None else batched, x),
@@ -298,6 +270,4 @@ def carry_shardings(mesh, axes: Any, tree: Any, shards: int) -> Any:
 
 
 def replicated(mesh) -> Any:
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     return NamedSharding(mesh, P())

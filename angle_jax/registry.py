@@ -1,46 +1,40 @@
-"""Names of algorithms and envs, so the CLI can list them and reject typos.
+"""Names of algorithms, loop modules and envs, so the CLI can list them and reject typos.
 
-An algorithm is a module exposing `Config` (a frozen dataclass), `make(config, spec)
--> Algorithm`, `ACTION_KIND` ("continuous", "discrete" or "both") and optionally
-`LOOP` ("off_policy", the default, or "on_policy"). Envs are factories
-`factory(num_envs, **kwargs) -> Env`; gymnax names are built in.
+Algorithms and loop modules are registered by their module's one description (`SPEC`, an
+`AlgoSpec` / `ModuleSpec`): adding one touches its own module and one line below. Envs are
+factories `factory(num_envs, **kwargs) -> Env`: gymnax names, the data feeds and envpool's
+names are built in, and a user's module adds its own with `register_env` (listed under
+`imports:` in a config, it is imported before the env is looked up).
 """
 from __future__ import annotations
 
 import difflib
-import importlib
-from types import ModuleType
 from typing import Callable
 
+from angle_jax.algos import a2c, ddpg, dqn, ppo, rainbow, rnd, sac, td3
+from angle_jax.core.types import AlgoSpec, ModuleSpec, UnknownNameError
+from angle_jax.envs import datafeed, envpool_adapter
 from angle_jax.envs.base import Box, Env
+from angle_jax.envs.gymnax_adapter import GymnaxEnv, gymnax_names
+from angle_jax.envs.wrappers import EpisodeStatistics, RescaleAction
 
-ALGOS: dict[str, str] = {
-    "td3": "angle_jax.algos.td3",
-    "sac": "angle_jax.algos.sac",
-    "ddpg": "angle_jax.algos.ddpg",
-    "dqn": "angle_jax.algos.dqn",
-    "rainbow": "angle_jax.algos.rainbow",
-    "ppo": "angle_jax.algos.ppo",
-    "a2c": "angle_jax.algos.a2c",
-}
+ALGOS: dict[str, AlgoSpec] = {spec.name: spec for spec in (
+    td3.SPEC,
+    sac.SPEC,
+    ddpg.SPEC,
+    dqn.SPEC,
+    rainbow.SPEC,
+    ppo.SPEC,
+    a2c.SPEC,
+)}
 
-_ENV_FACTORIES: dict[str, Callable[..., Env]] = {}
+MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in (
+    rnd.SPEC,
+)}
 
-# Modules that call `register_env` for the envs this package ships beyond gymnax.
-BUILTIN_ENV_MODULES: list[str] = ["angle_jax.envs.datafeed", "angle_jax.envs.envpool_adapter"]
-_builtins_loaded = False
-
-
-def _load_builtin_envs() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in BUILTIN_ENV_MODULES:
-            importlib.import_module(module)
-
-
-class UnknownNameError(ValueError):
-    """An algo or env name that is not registered; the message lists the valid ones."""
+# The envs this package ships beyond gymnax (envpool's names are listed without importing envpool);
+# `register_env` adds a user's own.
+_ENV_FACTORIES: dict[str, Callable[..., Env]] = {**datafeed.env_factories(), **envpool_adapter.env_factories()}
 
 
 def _unknown(kind: str, name: str, valid: list[str]) -> UnknownNameError:
@@ -53,10 +47,29 @@ def algo_names() -> list[str]:
     return sorted(ALGOS)
 
 
-def load_algo(name: str) -> ModuleType:
-    if name not in ALGOS:
-        raise _unknown("algo", name, algo_names())
-    return importlib.import_module(ALGOS[name])
+def algo_spec(name: str) -> AlgoSpec:
+    """The description of algorithm `name`; UnknownNameError lists the valid names."""
+    return _lookup("algo", ALGOS, name)
+
+
+def module_names() -> list[str]:
+    return sorted(MODULES)
+
+
+def module_spec(name: str) -> ModuleSpec:
+    """The description of loop module `name`; UnknownNameError lists the valid names."""
+    return _lookup("module", MODULES, name)
+
+
+def _lookup(kind: str, table: dict, name: str):
+    if name not in table:
+        raise _unknown(kind, name, sorted(table))
+    return table[name]
+
+
+def presets() -> dict[tuple[str, str], str]:
+    """(algo, env) -> the preset file (in configs/) every algorithm's spec names."""
+    return {(spec.name, env): file for spec in ALGOS.values() for env, file in spec.presets.items()}
 
 
 def register_env(name: str, factory: Callable[..., Env], *, overwrite: bool = False) -> None:
@@ -66,20 +79,12 @@ def register_env(name: str, factory: Callable[..., Env], *, overwrite: bool = Fa
     _ENV_FACTORIES[name] = factory
 
 
-def _gymnax_names() -> list[str]:
-    from angle_jax.envs.gymnax_adapter import gymnax_names
-
-    return gymnax_names()
-
-
 def env_names() -> list[str]:
-    _load_builtin_envs()
-    return sorted(set(_gymnax_names()) | set(_ENV_FACTORIES))
+    return sorted(set(gymnax_names()) | set(_ENV_FACTORIES))
 
 
 def check_env_name(name: str) -> None:
-    _load_builtin_envs()
-    if name not in _ENV_FACTORIES and name not in _gymnax_names():
+    if name not in _ENV_FACTORIES and name not in gymnax_names():
         raise _unknown("env", name, env_names())
 
 
@@ -88,15 +93,11 @@ def make_raw_env(name: str, num_envs: int, **kwargs) -> Env:
     check_env_name(name)
     if name in _ENV_FACTORIES:
         return _ENV_FACTORIES[name](num_envs, **kwargs)
-    from angle_jax.envs.gymnax_adapter import GymnaxEnv
-
     return GymnaxEnv(name, num_envs, **kwargs)
 
 
 def make_env(name: str, num_envs: int, **kwargs) -> Env:
     """The env as algorithms see it: Box actions rescaled to [-1, 1], episode statistics kept."""
-    from angle_jax.envs.wrappers import EpisodeStatistics, RescaleAction
-
     env = make_raw_env(name, num_envs, **kwargs)
     if isinstance(env.spec.action_space, Box):
         env = RescaleAction(env)

@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from angle_jax.algos.base import Transition  # noqa: E402
+from angle_jax.core.types import Transition  # noqa: E402
 from angle_jax.config import CONFIG_DIR, load_config  # noqa: E402
-from angle_jax.training.modules import Rollout  # noqa: E402
-from angle_jax.training.trainer import Trainer, first_run  # noqa: E402
-from angle_jax.xla_cpu import unrolled_threefry  # noqa: E402
+from angle_jax.core.types import Rollout  # noqa: E402
+from angle_jax.training.programs import first_run
+from angle_jax.training.trainer import Trainer  # noqa: E402
 
 
 def raw_env_seconds(task: str, num_envs: int, threads: int, vec_steps: int) -> float:
@@ -62,7 +62,7 @@ def learner_seconds(trainer: Trainer, algo: str, updates: int) -> float:
             return update(agent, data, k)[0], None
         return jax.lax.scan(body, agent, jax.random.split(key, updates))[0]
 
-    with unrolled_threefry():
+    with trainer.kernels.lowering():
         compiled = jax.jit(run).lower(agent, data, key).compile()
     jax.block_until_ready(compiled(agent, data, key))
     start = time.perf_counter()

@@ -82,7 +82,7 @@ def bench_adapter(name, n, threads, steps, backend) -> tuple[float, float]:
 
 
 def replay_bytes(n) -> dict:
-    from angle_jax.algos.base import Transition
+    from angle_jax.core.types import Transition
     from angle_jax.replay.frames import bytes_per_transition, frame_replay
 
     ex = Transition(jnp.zeros((n, 4, 84, 84), jnp.uint8), jnp.zeros(n, jnp.int32), jnp.zeros(n), jnp.zeros(n, bool),

@@ -50,8 +50,7 @@ def main(argv=None) -> dict:
     import jax
 
     from angle_jax.config import CONFIG_DIR, load_config
-    from angle_jax.training.trainer import build_components
-    from angle_jax.xla_cpu import loop_options, unrolled_threefry
+    from angle_jax.training.build import build_parts
     from bench_td3 import machine
 
     key = jax.random.key(0)
@@ -61,16 +60,17 @@ def main(argv=None) -> dict:
         algo_name, env_name, cfg_file, overrides, env_steps_per_update = settings(args.setting)
         config = load_config(CONFIG_DIR / cfg_file if cfg_file else None, overrides, algo=algo_name,
                              env=env_name, seeds=1, total_steps=10_000)
-        _, _, algo, train = build_components(config)
+        parts = build_parts(config, jax.default_backend())
+        algo, train = parts.algo, parts.train
         batch_size = config.batch_size
-        with unrolled_threefry():
+        with algo.kernels.lowering():
             carry = jax.jit(train.init)(key)
             # fill the replay with real transitions so the batch looks like one from training
             carry, _ = jax.jit(lambda c: train.run(c, train.loop.learning_starts_iters + 1))(carry)
-            batch = jax.jit(lambda c, k: _sample(train, c, k))(carry, key)
+            batch = jax.jit(lambda c, k: _sample(train, c, k, algo.kernels))(carry, key)
         agent = carry.agent
 
-    with unrolled_threefry():
+    with algo.kernels.lowering():
 
         def updates(agent, batch, k):
             def body(a, kk):
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
             return jax.lax.scan(body, agent, jax.random.split(k, args.updates))[0]
 
         # the batch is an argument, not a constant XLA could fold parts of the update into
-        compiled = jax.jit(updates).lower(agent, batch, key).compile(loop_options())
+        compiled = jax.jit(updates).lower(agent, batch, key).compile(algo.kernels.loop_options())
     out = compiled(agent, batch, key)
     jax.block_until_ready(out)
     best = float("inf")
@@ -103,17 +103,17 @@ def _ppo_rollout(key):
     """PPO at rejax's CartPole settings, and one real rollout to update on."""
     import jax
 
-    from angle_jax import registry
+    from angle_jax import registry, xla_cpu
     from angle_jax.algos import ppo
     from angle_jax.training import on_policy
-    from angle_jax.training.off_policy import EpisodeAccumulator
+    from angle_jax.training.reporting import EpisodeAccumulator
     from bench_ppo import PRESETS
 
     preset = PRESETS["rejax"]
     n = preset["num_envs"]
     config = ppo.Config(**preset["agent"])
     env = registry.make_env("CartPole-v1", n)
-    algo = ppo.make(config, env.spec, total_steps=500_000)
+    algo = ppo.make(config, env.spec, total_steps=500_000, kernels=xla_cpu.select("auto", jax.default_backend()))
     agent = algo.init(key, env.spec)
     obs, env_state = env.reset(key)
     rollout = jax.jit(lambda a, s, o, k: on_policy.collect(
@@ -121,11 +121,11 @@ def _ppo_rollout(key):
     return algo, agent, rollout, config.rollout_length * n, config.rollout_length * n // config.minibatches
 
 
-def _sample(train, carry, key):
+def _sample(train, carry, key, algo_kernels):
     from angle_jax.replay.buffer import uniform_replay
 
     loop = train.loop
-    buffer = uniform_replay(loop.capacity_per_env, loop.batch_size)
+    buffer = uniform_replay(loop.capacity_per_env, loop.batch_size, kernels=algo_kernels)
     return buffer.sample(carry.buffer, key)
 
 

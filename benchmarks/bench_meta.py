@@ -18,13 +18,11 @@ import time
 import jax
 import numpy as np
 
-from angle_jax import registry
+from angle_jax import registry, xla_cpu
 from angle_jax.algos import td3
-from angle_jax.config import RunConfig
-from angle_jax.meta import build_meta_learner
-from angle_jax.training.axes import seed_axes
+from angle_jax.core.axes import seed_axes
+from angle_jax.meta import MetaConfig, build_meta_learner
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
-from angle_jax.xla_cpu import loop_options, unrolled_threefry
 
 
 def parse_args():
@@ -52,14 +50,15 @@ def _rounded(x, digits: int) -> list:
 
 
 def run_variant(name: str, args, env, eval_env, cfg) -> dict:
-    algo = td3.make(cfg, env.spec)
+    kernels = xla_cpu.select("auto", jax.default_backend())
+    algo = td3.make(cfg, env.spec, kernels=kernels)
     meta = None
     if name == "meta":
         low, high = (float(x) for x in args.gamma_bounds.split(","))
-        run_config = RunConfig(algo="td3", agent=cfg, meta={
-            "kind": "meta_gradient", "interval": args.interval, "params": args.params.split(","),
-            "meta_lr": args.meta_lr, "bounds": {"gamma": [low, high]}})
-        meta = build_meta_learner(run_config, algo, env.spec)
+        meta_config = MetaConfig(kind="meta_gradient", interval=args.interval, params=tuple(args.params.split(",")),
+                                 meta_lr=args.meta_lr, bounds={"gamma": [low, high]})
+        meta = build_meta_learner(meta_config, (), algo, td3.SPEC, env.spec)
+        meta = meta._replace(update=kernels.bind(meta.update))
     loop = OffPolicyLoop(num_envs=1, capacity_per_env=max(args.steps, 1), batch_size=args.batch_size,
                          learning_starts_iters=args.learning_starts, train_frequency=1, gradient_steps=1)
     train = make_train(algo, env, loop, eval_env=eval_env, meta=meta)
@@ -72,8 +71,8 @@ def run_variant(name: str, args, env, eval_env, cfg) -> dict:
 
     t0 = time.perf_counter()
     carry = init(keys)
-    with unrolled_threefry():
-        compiled = run.lower(carry).compile(loop_options())  # compiled as the Trainer compiles its chunks
+    with kernels.lowering():
+        compiled = run.lower(carry).compile(kernels.loop_options())  # compiled as the Trainer compiles its chunks
     compile_s = time.perf_counter() - t0
 
     chunks, timed_s, timed_steps = [], 0.0, 0

@@ -19,9 +19,9 @@ import numpy as np
 from angle_jax import registry
 from angle_jax.algos import ppo
 from angle_jax.config import RunConfig
-from angle_jax.training import on_policy
-from angle_jax.training.axes import seed_axes
-from angle_jax.xla_cpu import loop_options, unrolled_threefry
+from angle_jax.core.axes import seed_axes
+from angle_jax.training.build import build_train
+from angle_jax.xla_cpu import select
 
 PRESETS = {
     "purejaxrl": dict(num_envs=4, agent=dict(rollout_length=128, epochs=4, minibatches=4, learning_rate=2.5e-4)),
@@ -29,7 +29,7 @@ PRESETS = {
 }
 
 
-def measure(train, seeds: int, key) -> dict:
+def measure(train, seeds: int, key, kernels) -> dict:
     keys = jax.random.split(key, seeds)
     axes = seed_axes(jax.eval_shape(train.init, keys[0]))
     iters = train.loop.num_iterations
@@ -38,8 +38,8 @@ def measure(train, seeds: int, key) -> dict:
     evaluate = jax.jit(jax.vmap(train.evaluate, in_axes=(axes.agent, 0)))
     carry = init(keys)
     t0 = time.perf_counter()
-    with unrolled_threefry():  # compiled as the Trainer compiles its chunks
-        compiled = run.lower(carry).compile(loop_options())
+    with kernels.lowering():  # compiled as the Trainer compiles its chunks
+        compiled = run.lower(carry).compile(kernels.loop_options())
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     carry, logs = compiled(carry)
@@ -63,19 +63,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="env steps per seed")
     parser.add_argument("--seeds", type=int, default=8, help="seeds in the vmapped measurement")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="purejaxrl")
+    parser.add_argument("--kernels", choices=["auto", "xla", "cpu"], default="auto",
+                        help="kernel bundle (auto: cpu on the CPU backend)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     n = preset["num_envs"]
     cfg = RunConfig(algo="ppo", env="CartPole-v1", num_envs=n, total_steps=args.steps,
                     agent=ppo.Config(**preset["agent"]))
-    train = on_policy.build(cfg, registry.make_env("CartPole-v1", n), registry.make_env("CartPole-v1", 8))
+    kernels = select(args.kernels, jax.default_backend())
+    _, train = build_train(cfg, registry.algo_spec("ppo"), registry.make_env("CartPole-v1", n),
+                              registry.make_env("CartPole-v1", 8), kernels)
     key = jax.random.PRNGKey(0)
     out = {
         "algo": "ppo", "env": "CartPole-v1", "preset": args.preset, "num_envs": n,
         "steps_per_iteration": train.steps_per_iteration, "jax": jax.__version__,
         "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-        "one_seed": measure(train, 1, key),
-        f"{args.seeds}_seeds": measure(train, args.seeds, key),
+        "kernels": kernels.name,
+        "one_seed": measure(train, 1, key, kernels),
+        f"{args.seeds}_seeds": measure(train, args.seeds, key, kernels),
     }
     print(json.dumps(out, indent=1))
 

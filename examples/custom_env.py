@@ -15,10 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax import registry
-from angle_jax.algos import td3
-from angle_jax.envs.base import Box, Env, EnvSpec, TimeStep
-from angle_jax.training.off_policy import OffPolicyLoop, make_train
+from angle_jax import Box, Env, EnvSpec, OffPolicyLoop, TimeStep, off_policy, registry, td3, xla_cpu
 
 ENV_NAME = "PointMass-v0"
 
@@ -84,10 +81,11 @@ def train(iterations: int = 6_000, num_envs: int = 4, seed: int = 0, chunks: int
     """Train TD3 on the registered env; returns (carry, evaluation returns before and after)."""
     env = registry.make_env(ENV_NAME, num_envs)          # RescaleAction + EpisodeStatistics
     eval_env = registry.make_env(ENV_NAME, 8)
-    algo = td3.make(td3.Config(actor_hidden=(64, 64), critic_hidden=(64, 64)), env.spec)
+    kernels = xla_cpu.select("auto", jax.default_backend())  # the CPU kernels on a CPU, plain JAX elsewhere
+    algo = td3.make(td3.Config(actor_hidden=(64, 64), critic_hidden=(64, 64)), env.spec, kernels=kernels)
     loop = OffPolicyLoop(num_envs=num_envs, capacity_per_env=50_000 // num_envs, batch_size=128,
                          learning_starts_iters=250, train_frequency=1, gradient_steps=1)
-    fns = make_train(algo, env, loop, eval_env=eval_env)
+    fns = off_policy.make_train(algo, env, loop, eval_env=eval_env)
     run = jax.jit(fns.run, static_argnums=1)
     evaluate = jax.jit(fns.evaluate)
     carry = jax.jit(fns.init)(jax.random.PRNGKey(seed))

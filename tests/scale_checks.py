@@ -63,8 +63,8 @@ def check_dp_update() -> dict:
 
     from angle_jax import registry
     from angle_jax.algos import td3
-    from angle_jax.algos.base import Transition
-    from angle_jax.training.axes import seed_axes
+    from angle_jax.core.types import Transition
+    from angle_jax.core.axes import seed_axes
 
     spec = registry.make_env("Pendulum-v1", 1).spec
     cfg = td3.Config(actor_hidden=(16,), critic_hidden=(16,), policy_delay=1, target_noise=0.0)
@@ -109,7 +109,7 @@ def check_dp_train() -> dict:
     _, _, end1, _ = train(config, jax.devices()[:1])
     params = (end.actor_params, end.critic_params, end.actor_target, end.critic_target)
     spread = max(float(np.max(np.abs(x - x[:, :1]))) for x in jax.tree.leaves(params))
-    hlo = trainer._runs[trainer.chunk_iters].as_text()
+    hlo = trainer.programs._runs[trainer.chunk_iters].as_text()
     return {"shard_spread": spread, "dp_sharded_vs_single_device": max_diff(end, end1),
             "moved": max_diff(start.actor_params, end.actor_params),
             "all_reduce_in_hlo": "all-reduce" in hlo,

@@ -97,3 +97,33 @@ def test_presets_parse():
 
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         load_config(path)
+
+
+def test_summary_records_backend_device_kind_and_kernels(trained_run):
+    run_dir, _ = trained_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["backend"] == "cpu" and summary["device_kind"] and summary["kernels"] == "cpu"
+    assert "kernels: cpu" in (run_dir / "config.yaml").read_text()  # the kernels the run was made with
+
+
+@pytest.mark.parametrize("args", [["--device", "gpu"], ["--set", "device=tpu"]])
+def test_asking_for_an_absent_backend_is_one_line_naming_the_present_ones(tmp_path, capsys, args):
+    code, err = run_main(capsys, "--run-dir", str(tmp_path / "r"), *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "is not available here; present: cpu" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_kernels_and_devices_list_the_valid_ones(tmp_path, capsys):
+    code, err = run_main(capsys, "--run-dir", str(tmp_path / "r"), "--set", "kernels=gpu")
+    assert code == 2 and "kernels must be one of auto, xla, cpu" in err
+    code, err = run_main(capsys, "--run-dir", str(tmp_path / "r"), "--set", "device=quantum")
+    assert code == 2 and "device must be one of auto, cpu, gpu, tpu" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_play_on_an_absent_backend_is_one_line(trained_run):
+    run_dir, _ = trained_run
+    proc = run_script("play.py", "--checkpoint", str(run_dir), "--device", "tpu", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not available here; present: cpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""The VALID conv layer: same values and gradients as lax/flax convolution, in and out of loops."""
+"""The CPU kernel's VALID convolution: same values and gradients as lax/flax convolution, in and
+out of loops; and the Nature CNN."""
 import chex
 import flax.linen as nn
 import jax
@@ -6,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from angle_jax.networks.cnn import Conv, NatureCNN, conv2d_valid
+from angle_jax.networks.cnn import NatureCNN
+from angle_jax.xla_cpu import CPU, conv2d_valid
 
 
 def reference(x, kernel, stride):
@@ -34,19 +36,22 @@ class TestConv2dValid(chex.TestCase):
 
 
 def test_kernel_gradient_inside_scan_matches_and_layer_matches_flax():
+    """`nn.Conv` applied through the CPU kernels' interceptor (`conv2d_valid`) against plain flax."""
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 84, 84, 4))
-    ours, theirs = Conv(16, 8, 4), nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID")
+    theirs = nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID")
     params = theirs.init(jax.random.PRNGKey(2), x)
-    chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(2), x), params)
-    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+    ours = CPU.bind(theirs.apply)
+    traced = jax.make_jaxpr(ours)(params, x)
+    assert "custom_vjp_call" in str(traced)  # the kernel is the one applied
+    np.testing.assert_allclose(ours(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
 
-    def sgd(module):
+    def sgd(apply):
         def body(p, _):
-            g = jax.grad(lambda p: jnp.mean(module.apply(p, x) ** 2))(p)
+            g = jax.grad(lambda p: jnp.mean(apply(p, x) ** 2))(p)
             return jax.tree.map(lambda a, b: a - 0.1 * b, p, g), None
         return jax.jit(lambda p: jax.lax.scan(body, p, None, length=3)[0])
 
-    chex.assert_trees_all_close(sgd(ours)(params), sgd(theirs)(params), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(sgd(ours)(params), sgd(theirs.apply)(params), rtol=1e-4, atol=1e-5)
 
 
 def test_nature_cnn_shapes_uint8_and_leading_axes():

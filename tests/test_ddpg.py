@@ -9,12 +9,12 @@ import pytest
 from angle_jax import checkpoint as ckpt
 from angle_jax import registry
 from angle_jax.algos import ddpg
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import Transition
 from angle_jax.config import ConfigError, load_config
 from angle_jax.envs.base import Box, Env, EnvSpec, TimeStep
 from angle_jax.envs.wrappers import EpisodeStatistics
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
-from conftest import run_script
+from conftest import run_in_process
 
 SPEC = registry.make_env("Pendulum-v1", 1).spec
 SMALL = ddpg.Config(actor_hidden=(8,), critic_hidden=(8,))
@@ -259,7 +259,7 @@ def test_train_py_with_ou_exploration_runs_and_resumes_bit_identically(tmp_path)
     args = ["--algo", "ddpg", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(tmp_path / "run")]
     for o in tiny:
         args += ["--set", o]
-    proc = run_script("train.py", *args)
+    proc = run_in_process("train.py", *args)
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "run"
     config = load_config(run_dir / "config.yaml")
@@ -277,7 +277,7 @@ def test_train_py_with_ou_exploration_runs_and_resumes_bit_identically(tmp_path)
     noise = np.asarray(trainer.carry.explore)
     assert noise.shape == (1, 2, 1) and np.all(np.isfinite(noise)) and np.all(noise != 0.0)
     # resume from step 200: the same run, bit for bit
-    resumed = run_script("train.py", "--resume", str(run_dir))
+    resumed = run_in_process("train.py", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
     assert ckpt.read_meta(manager.path_for(400))[1] == last
     assert ckpt.read_meta(run_dir / "params.ckpt")[1] == params

@@ -12,7 +12,7 @@ import pytest
 
 from angle_jax import registry
 from angle_jax.algos import dqn, rainbow
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import Transition
 from angle_jax.config import load_config
 from angle_jax.envs.base import Box, Discrete, EnvSpec
 from angle_jax.networks.heads import NoisyDense, QNetwork, dueling_combine, resolve_torso
@@ -223,7 +223,7 @@ def test_allowed_combinations_and_wrong_action_space():
 
 def test_registry_and_configs_parse():
     assert {"dqn", "rainbow"} <= set(registry.algo_names())
-    assert registry.load_algo("rainbow").ACTION_KIND == "discrete"
+    assert registry.algo_spec("rainbow").action_kind == "discrete"
     run = load_config(CONFIGS / "dqn_cartpole.yaml")
     assert run.algo == "dqn" and run.env == "CartPole-v1" and isinstance(run.agent, dqn.Config)
     assert run.agent.double and run.agent.hidden == (120, 84) and run.agent.n_step == 1
@@ -261,7 +261,7 @@ def fake_step(key, spec):
 
 def test_rainbow_update_on_minatar_batch():
     config = dataclasses.replace(rainbow.Config(), hidden=(32,), target_update_interval=2, num_atoms=11)
-    algo = rainbow.make(config, MINATAR_SPEC)
+    algo = rainbow.SPEC.make(config, MINATAR_SPEC)
     buf = algo.make_buffer(OffPolicyLoop(2, 16, 8, 1, 1, 1))
     assert buf.update_priorities is not None
     state = jax.jit(algo.init)(jax.random.PRNGKey(0))

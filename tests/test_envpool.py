@@ -17,11 +17,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from angle_jax import registry  # noqa: E402
-from angle_jax.algos.base import Transition  # noqa: E402
+from angle_jax.core.types import Transition  # noqa: E402
 from angle_jax.envs import envpool_adapter as ea  # noqa: E402
 from angle_jax.envs.base import Discrete  # noqa: E402
 from angle_jax.envs.wrappers import EpisodeStatistics  # noqa: E402
 from angle_jax.replay.frames import bytes_per_transition, frame_replay, rebuild_stacks  # noqa: E402
+
+# its module-scoped fixtures are built once: all its tests run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("envpool")
 
 THREADS = 2
 

@@ -11,16 +11,31 @@ from flax import struct
 
 from angle_jax import registry
 from angle_jax.algos import ddpg, ppo, sac, td3
-from angle_jax.algos.base import Algorithm, Transition
+from angle_jax.core.types import Algorithm, Transition
 from angle_jax.config import CONFIG_DIR, RunConfig, load_config
-from angle_jax.meta import (build_meta_learner, forecast, make_auxiliary, make_meta_gradient, meta_gradient, risk,
-                            td3_validation_loss)
-from angle_jax.meta.meta_gradient import (ddpg_validation_loss, inner_objective, ppo_validation, sac_validation_loss,
-                                          set_hparams, split_batch)
-from angle_jax.training.axes import seed_axes
+from angle_jax.config import build_section
+from angle_jax.core.optim import set_hparams
+from angle_jax.meta import (MetaConfig, forecast, inner_objective, make_auxiliary, make_meta_gradient, meta_gradient,
+                            risk, split_batch)
+from angle_jax.training import build
+from angle_jax.training.build import build_parts
+from angle_jax.core.axes import seed_axes
 from angle_jax.training import on_policy
-from angle_jax.training.off_policy import EpisodeAccumulator, OffPolicyLoop, make_train
-from conftest import run_script
+from angle_jax.training.off_policy import OffPolicyLoop, make_train
+from angle_jax.training.reporting import EpisodeAccumulator
+from conftest import run_in_process, xla_defaults
+
+# its module-scoped fixtures are built once: all its tests run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("meta")
+
+
+def build_meta_learner(run_config, algo, spec):
+    """The meta learner of a run config whose `meta` is given as a mapping, built as the Trainer
+    builds it (the mapping through the config's coercion, then `training.build.build_meta`)."""
+    meta = run_config.meta if isinstance(run_config.meta, MetaConfig) else build_section(
+        MetaConfig, dict(run_config.meta), "meta.")
+    config = dataclasses.replace(run_config, meta=meta)
+    return build.build_meta(config, algo, registry.algo_spec(config.algo), spec)
 
 
 # ---- a tiny linear TD "algorithm" whose update reads traced hparams ------------------------------
@@ -94,7 +109,7 @@ def test_meta_learner_steps_against_the_gradient_and_touches_only_chosen_hparams
     state = algo.init(jax.random.PRNGKey(0))
     batch = tiny_batch(jax.random.PRNGKey(1), 32)
     bounds = {"gamma": (0.5, 0.99), "lr": (0.01, 0.5)}
-    learner = make_meta_gradient(algo, None, tiny_objective, params=("gamma", "lr"), meta_lr=1e-2, bounds=bounds)
+    learner = make_meta_gradient(algo, tiny_objective, params=("gamma", "lr"), meta_lr=1e-2, bounds=bounds)
     meta_state = learner.init(jax.random.PRNGKey(3), state, None)
     key = jax.random.PRNGKey(4)
     train, val = split_batch(batch)
@@ -116,7 +131,7 @@ def test_eta_stays_in_bounds_with_huge_meta_lr():
     algo = tiny_algo()
     state = algo.init(jax.random.PRNGKey(0))
     bounds = {"gamma": (0.85, 0.95), "lr": (0.05, 0.2)}
-    learner = make_meta_gradient(algo, None, tiny_objective, params=("gamma", "lr"), meta_lr=1e6, bounds=bounds)
+    learner = make_meta_gradient(algo, tiny_objective, params=("gamma", "lr"), meta_lr=1e6, bounds=bounds)
 
     def body(c, k):
         meta_state, agent = c
@@ -193,8 +208,9 @@ def test_td3_meta_gradient_matches_finite_differences():
     env = registry.make_env("Pendulum-v1", 1)
     # a large critic step size so that γ's effect on the objective stands well above float32 noise
     cfg = td3.Config(actor_hidden=(8,), critic_hidden=(8,), policy_delay=2, critic_lr=3e-2)
+    algo = td3.make(cfg, env.spec)
     step = assert_meta_gradient_matches_finite_differences(
-        td3.make(cfg, env.spec), td3_validation_loss(cfg, env.spec),
+        algo, algo.validation().objective,
         lambda base, new: new.replace(actor_target=base.actor_target, critic_target=base.critic_target))
     assert int(step) % cfg.policy_delay == 0  # the inner update includes an actor step
 
@@ -321,7 +337,7 @@ GOOD_META = {"kind": "meta_gradient", "interval": 10, "params": ["gamma", "criti
     ({**GOOD_META, "interval": 0}, (), "meta.interval must be a positive integer"),
     ({**GOOD_META, "interval": -3}, (), "meta.interval must be a positive integer"),
     ({**GOOD_META, "meta_lr": 0.0}, (), "meta.meta_lr must be positive"),
-    ({**GOOD_META, "metalr": 1.0}, (), "unknown key meta.metalr"),
+    ({**GOOD_META, "metalr": 1.0}, (), "unknown config key 'meta.metalr'"),
     ({}, ("forecast", "risky"), "unknown auxiliary model 'risky'"),
     ({"interval": 0}, ("forecast",), "meta.interval must be a positive integer"),
     ({"interval": 5}, (), "meta sets only an interval"),
@@ -370,11 +386,12 @@ def test_sac_ddpg_meta_gradients_match_finite_differences(name):
     """critic_lr and γ meta-gradients of SAC and DDPG (shared TD objective) against central
     differences in float32. As for TD3, the objective's target is held fixed, so the finite
     differences move only the critic parameters the perturbed update produced."""
-    module, factory = {"sac": (sac, sac_validation_loss), "ddpg": (ddpg, ddpg_validation_loss)}[name]
+    module = {"sac": sac, "ddpg": ddpg}[name]
     env = registry.make_env("Pendulum-v1", 1)
     cfg = module.Config(actor_hidden=(8,), critic_hidden=(8,), critic_lr=3e-2)
+    algo = module.make(cfg, env.spec)
     assert_meta_gradient_matches_finite_differences(
-        module.make(cfg, env.spec), factory(cfg, env.spec),
+        algo, algo.validation().objective,
         lambda base, new: base.replace(critic_params=new.critic_params))
 
 
@@ -450,7 +467,7 @@ def test_ppo_meta_gradient_matches_finite_differences(policy_loss):
     # two real updates first, so that Adam's moments are not trivial
     for i in range(2):
         state, _ = jax.jit(algo.update)(state, rollout, jax.random.PRNGKey(10 + i))
-    validation = ppo_validation(cfg, env.spec, policy_loss=policy_loss)
+    validation = algo.validation(policy_loss=policy_loss)
     h = 1e-5
     with jax.enable_x64(True):
         state64, rollout64 = as_float64(state), as_float64(rollout)
@@ -485,8 +502,8 @@ def ppo_meta_run():
     env, cfg, _ = tiny_ppo(num_envs=2, rollout_length=8, hidden=(16,))
     bounds = {"gamma": [0.95, 0.995], "gae_lambda": [0.8, 0.99]}
     rc = RunConfig(algo="ppo", env="CartPole-v1", num_envs=2, total_steps=16 * 10, agent=cfg,
-                   meta={"kind": "meta_gradient", "interval": 3, "meta_lr": 1e3, "bounds": bounds})
-    train = on_policy.build(rc, env)
+                   meta=MetaConfig(kind="meta_gradient", interval=3, meta_lr=1e3, bounds=bounds))
+    train = build.build_train(rc, registry.algo_spec("ppo"), env)[1]
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     axes = seed_axes(jax.eval_shape(train.init, keys[0]))
     carry = jax.jit(jax.vmap(train.init, out_axes=axes))(keys)
@@ -578,11 +595,9 @@ def test_ppo_meta_defaults_learn_gamma_and_lambda(ppo_setup):
 def test_meta_settings_from_the_command_line_and_the_ppo_meta_config():
     path = CONFIG_DIR / "ppo_meta_cartpole.yaml"
     config = load_config(path, ["meta.interval=2", "meta.bounds.gamma=[0.95,0.995]", "total_steps=2048"])
-    assert config.meta["interval"] == 2 and config.meta["params"] == ["gamma", "gae_lambda"]
-    assert config.meta["bounds"] == {"gamma": [0.95, 0.995], "gae_lambda": [0.5, 1.0]}
-    from angle_jax.training.trainer import build_components
-
-    *_, train = build_components(config)
+    assert config.meta.interval == 2 and config.meta.params == ("gamma", "gae_lambda")
+    assert config.meta.bounds == {"gamma": [0.95, 0.995], "gae_lambda": [0.5, 1.0]}
+    train = build_parts(config).train
     carry = jax.eval_shape(train.init, jax.random.PRNGKey(0))
     assert set(carry.meta.gradient.raw) == {"gamma", "gae_lambda"}
 
@@ -591,7 +606,7 @@ def test_train_py_runs_ppo_with_meta_gradients_and_logs_gamma_and_lambda(tmp_pat
     import json
 
     run_dir = tmp_path / "ppo_meta"
-    proc = run_script(
+    proc = run_in_process(
         "train.py", "--algo", "ppo", "--env", "CartPole-v1", "--seeds", "2", "--run-dir", str(run_dir),
         "--set", "meta.kind=meta_gradient", "--set", "meta.params=[gamma,gae_lambda]", "--set", "meta.interval=2",
         "--set", "meta.meta_lr=0.1", "--set", "num_envs=2", "--set", "total_steps=256", "--set", "log_interval=64",
@@ -640,13 +655,14 @@ def test_td3_meta_gradient_is_finite_with_dead_relu_units():
     assert float(new_state.hparams.gamma) != float(state.hparams.gamma)
 
 
+@xla_defaults
 def test_td3_critic_update_is_the_critic_half_of_update():
     # The meta-gradient's inner step for TD3 (no actor term): same critic, optimizer and step as the
     # full update, actor and targets untouched; build_meta_learner picks it only without an actor term.
     env = registry.make_env("Pendulum-v1", 1)
     cfg = td3.Config(actor_hidden=(16, 16), critic_hidden=(16, 16), policy_delay=1)
     algo = td3.make(cfg, env.spec)
-    critic_update = td3.make_critic_update(cfg, env.spec)
+    critic_update = algo.validation().update
     key = jax.random.PRNGKey(4)
     state = algo.init(key, env.spec)
     batch = pendulum_transitions(key, 32)
@@ -661,7 +677,5 @@ def test_td3_critic_update_is_the_critic_half_of_update():
     assert not np.allclose(np.asarray(jax.tree.leaves(full.actor_params)[0]),
                            np.asarray(jax.tree.leaves(state.actor_params)[0]))  # the full update did move the actor
     assert set(metrics) == {"critic_loss", "q_mean"}
-    from angle_jax.meta.meta_gradient import VALIDATION_OBJECTIVES
-
-    assert VALIDATION_OBJECTIVES["td3"](cfg, env.spec).update is not None
-    assert VALIDATION_OBJECTIVES["td3"](cfg, env.spec, actor_weight=0.5).update is None
+    assert algo.validation().update is not None
+    assert algo.validation(actor_weight=0.5).update is None

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from angle_jax.algos.base import Transition
-from angle_jax.replay.nstep import as_nstep_batch, gather_nstep, nstep_replay, nstep_return
+from angle_jax.core.types import Transition
+from angle_jax.core.returns import nstep_return
+from angle_jax.core.types import as_nstep_batch
+from angle_jax.replay.nstep import gather_nstep, nstep_replay
 
 GAMMA = 0.9
 

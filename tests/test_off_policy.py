@@ -5,7 +5,7 @@ import numpy as np
 
 from angle_jax import registry
 from angle_jax.algos import td3
-from angle_jax.training.axes import seed_axes
+from angle_jax.core.axes import seed_axes
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
 
 ENV = registry.make_env("Pendulum-v1", 1)

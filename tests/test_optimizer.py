@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from angle_jax.algos.base import apply_gradients, direction_optimizer, flattened
+from angle_jax.core.optim import apply_gradients, direction_optimizer
+from angle_jax.xla_cpu import flattened
 
 
 def _tree(key, shapes):

@@ -17,89 +17,15 @@ from angle_jax import registry
 from angle_jax.algos import a2c, ppo
 from angle_jax.config import RunConfig, load_config
 from angle_jax.networks.policies import policy_distribution
-from angle_jax.training import on_policy
-from angle_jax.training.axes import seed_axes
+from angle_jax.training import build, on_policy
+from angle_jax.core.axes import seed_axes
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """Straightforward per-env loop, written independently of the scan version."""
-    rewards, values, next_values = map(np.asarray, (rewards, values, next_values))
-    T = rewards.shape[0]
-    adv = np.zeros_like(rewards)
-    for t in reversed(range(T)):
-        boot = 0.0 if terminated[t] else next_values[t]
-        delta = rewards[t] + gamma * boot - values[t]
-        following = 0.0 if (t == T - 1 or terminated[t] or truncated[t]) else adv[t + 1]
-        adv[t] = delta + gamma * lam * following
-    return adv
-
-
-class GaeTest(chex.TestCase):
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_gae_by_hand_with_truncation_and_termination(self):
-        # t=1 is truncated: bootstrap from V(true final obs) = 9, but stop the recursion.
-        # t=3 terminates: no bootstrap.
-        rewards = jnp.array([1.0, 2.0, 3.0, 4.0])
-        values = jnp.array([0.5, 0.6, 0.7, 0.8])
-        next_values = jnp.array([0.6, 9.0, 0.8, 1.0])
-        terminated = jnp.array([False, False, False, True])
-        truncated = jnp.array([False, True, False, False])
-        gamma, lam = 0.9, 0.8
-        d0 = 1.0 + 0.9 * 0.6 - 0.5
-        d1 = 2.0 + 0.9 * 9.0 - 0.6
-        d2 = 3.0 + 0.9 * 0.8 - 0.7
-        d3 = 4.0 - 0.8
-        a3 = d3
-        a2 = d2 + gamma * lam * a3
-        a1 = d1
-        a0 = d0 + gamma * lam * a1
-        adv, ret = self.variant(ppo.gae)(rewards, values, next_values, terminated, truncated, gamma, lam)
-        np.testing.assert_allclose(adv, [a0, a1, a2, a3], rtol=1e-5)
-        np.testing.assert_allclose(ret, np.array([a0, a1, a2, a3]) + np.asarray(values), rtol=1e-5)
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_gae_matches_reference_on_random_batches(self):
-        rng = np.random.default_rng(0)
-        T, N = 17, 3
-        r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
-        term = rng.random((T, N)) < 0.1
-        trunc = (rng.random((T, N)) < 0.1) & ~term
-        adv, _ = self.variant(ppo.gae)(r, v, nv, term, trunc, 0.97, 0.9)
-        for n in range(N):
-            want = reference_gae(r[:, n], v[:, n], nv[:, n], term[:, n], trunc[:, n], 0.97, 0.9)
-            np.testing.assert_allclose(adv[:, n], want, rtol=1e-4, atol=1e-5)
-
-    def test_gae_rejects_mismatched_shapes(self):
-        with self.assertRaises(AssertionError):
-            ppo.gae(jnp.zeros(4), jnp.zeros(4), jnp.zeros(5), jnp.zeros(4, bool), jnp.zeros(4, bool), 0.9, 0.9)
-
-
-def test_n_step_returns_by_hand_and_equal_to_gae_lambda_one():
-    rewards = jnp.ones(3)
-    next_values = jnp.array([2.0, 3.0, 4.0])
-    term = jnp.zeros(3, bool)
-    trunc = jnp.array([False, True, False])
-    ret = a2c.n_step_returns(rewards, next_values, term, trunc, 0.5)
-    r2 = 1 + 0.5 * 4.0
-    r1 = 1 + 0.5 * 3.0  # truncated: bootstraps from its own final observation
-    r0 = 1 + 0.5 * r1
-    np.testing.assert_allclose(ret, [r0, r1, r2], rtol=1e-6)
-    term = jnp.array([True, False, False])
-    np.testing.assert_allclose(a2c.n_step_returns(rewards, next_values, term, trunc, 0.5)[0], 1.0)
-
-    rng = np.random.default_rng(1)
-    T, N = 11, 4
-    r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
-    te = rng.random((T, N)) < 0.15
-    tr = (rng.random((T, N)) < 0.15) & ~te
-    # within an episode the successor's value is the next step's value
-    cont = ~(te | tr)
-    nv[:-1] = np.where(cont[:-1], v[1:], nv[:-1])
-    _, gae_ret = ppo.gae(r, v, nv, te, tr, 0.95, 1.0)
-    np.testing.assert_allclose(a2c.n_step_returns(r, nv, te, tr, 0.95), gae_ret, rtol=1e-4, atol=1e-5)
+def build_on_policy(cfg, env, eval_env=None):
+    """The loop functions of an on-policy run config (the algorithm made once, as the Trainer does)."""
+    return build.build_train(cfg, registry.algo_spec(cfg.algo), env, eval_env)[1]
 
 
 class ClipLossTest(chex.TestCase):
@@ -144,7 +70,7 @@ class ClipLossTest(chex.TestCase):
 
 @pytest.mark.parametrize("size", [1, 2, 500, 4096, 1 << 21])
 def test_permutations_are_permutations(size):
-    from angle_jax.training.modules import permutations
+    from angle_jax.algos.minibatch import permutations
 
     perms = np.asarray(permutations(jax.random.PRNGKey(0), 3, size))
     assert perms.shape == (3, size) and perms.dtype == np.int32
@@ -154,7 +80,7 @@ def test_permutations_are_permutations(size):
 
 
 def test_permutations_are_uniform():
-    from angle_jax.training.modules import permutations
+    from angle_jax.algos.minibatch import permutations
 
     perms = np.asarray(permutations(jax.random.PRNGKey(1), 48_000, 4))
     _, counts = np.unique(perms, axis=0, return_counts=True)
@@ -164,12 +90,14 @@ def test_permutations_are_uniform():
 
 
 @pytest.mark.parametrize("discrete,act", [(True, "tanh"), (False, "relu"), (True, "swish")])
-def test_actor_critic_dense_stack_matches_the_flax_layers(discrete, act):
-    """`ActorCritic.__call__` runs its MLPs as `dense_stack`: same outputs, first- and
-    second-order gradients as the flax submodules it reads the parameters of."""
+def test_actor_critic_with_cpu_kernels_matches_the_flax_layers(discrete, act):
+    """`ActorCritic` applied through the CPU kernels' dense layers: same outputs, first- and
+    second-order gradients as its flax submodules applied plainly."""
     from angle_jax.networks.policies import ActorCritic
+    from angle_jax.xla_cpu import CPU
 
     net = ActorCritic(action_dim=2, discrete=discrete, activation=act)
+    apply = CPU.bind(net.apply)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
     obs = jax.random.normal(jax.random.PRNGKey(2), (6, 5, 4))
@@ -182,14 +110,15 @@ def test_actor_critic_dense_stack_matches_the_flax_layers(discrete, act):
     def loss(apply):
         return lambda p, scale: sum(jnp.sum(jnp.sin(scale * leaf)) for leaf in jax.tree.leaves(apply(p, obs)))
 
-    chex.assert_trees_all_close(net.apply(params, obs), layers(params, obs), atol=1e-6)
-    chex.assert_trees_all_close(jax.grad(loss(net.apply))(params, 1.0), jax.grad(loss(layers))(params, 1.0),
+    chex.assert_trees_all_close(apply(params, obs), layers(params, obs), atol=1e-6)
+    chex.assert_trees_all_close(jax.grad(loss(apply))(params, 1.0), jax.grad(loss(layers))(params, 1.0),
                                 atol=1e-5)
 
     def second(apply):  # d/d scale of |grad|^2: reverse over the hand-written backward pass
         return jax.grad(lambda s: sum(jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(loss(apply))(params, s))))(1.0)
 
-    np.testing.assert_allclose(second(net.apply), second(layers), rtol=1e-4)
+    np.testing.assert_allclose(second(apply), second(layers), rtol=1e-4)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(apply)(params, obs))
 
 
 def test_a2c_loss_gradient_is_advantage_weighted():
@@ -269,9 +198,9 @@ def test_discrete_act_is_argmax_and_minatar_cnn_casts_uint8():
                                        ("a2c_cartpole", "a2c"), ("ppo_rnd_mountaincar", "ppo")])
 def test_configs_parse(name, algo):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    module = registry.load_algo(algo)
+    module = registry.algo_spec(algo)
     assert cfg.algo == algo and isinstance(cfg.agent, module.Config)
-    assert module.LOOP == "on_policy" and module.ACTION_KIND == "both"
+    assert module.loop == "on_policy" and module.action_kind == "both"
     cfg.agent.validate(cfg.num_envs)
     if name == "ppo_rnd_mountaincar":
         assert cfg.modules == ("rnd",) and "rnd" in cfg.module_kwargs
@@ -290,12 +219,12 @@ def test_config_validation_messages():
     bad = RunConfig(algo="ppo", env="CartPole-v1", num_envs=4, total_steps=10_000,
                     agent=ppo.Config(rollout_length=10, minibatches=3))
     with pytest.raises(ValueError, match="minibatches"):
-        on_policy.build(bad, env)
+        build_on_policy(bad, env)
     tiny = dataclasses.replace(bad, total_steps=8, agent=ppo.Config(rollout_length=8, minibatches=2))
     with pytest.raises(ValueError, match="total_steps"):
-        on_policy.build(tiny, env)
+        build_on_policy(tiny, env)
     with pytest.raises(ValueError, match="unknown module 'curiosity'.*rnd"):
-        on_policy.build(dataclasses.replace(bad, modules=("curiosity",), agent=ppo.Config()), env)
+        build_on_policy(dataclasses.replace(bad, modules=("curiosity",), agent=ppo.Config()), env)
 
 
 # ---- the loop -------------------------------------------------------------------------
@@ -310,7 +239,7 @@ def test_ppo_learns_cartpole_on_two_vmapped_seeds():
     num_envs = 4
     cfg = RunConfig(algo="ppo", env="CartPole-v1", num_envs=num_envs, total_steps=61_440,
                     agent=ppo.Config(rollout_length=128, epochs=4, minibatches=4, learning_rate=1e-3))
-    train = on_policy.build(cfg, registry.make_env("CartPole-v1", num_envs), registry.make_env("CartPole-v1", 8))
+    train = build_on_policy(cfg, registry.make_env("CartPole-v1", num_envs), registry.make_env("CartPole-v1", 8))
     assert train.steps_per_iteration == 128 * num_envs
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     axes = seed_axes(jax.eval_shape(train.init, keys[0]))
@@ -335,7 +264,7 @@ def test_ppo_learns_cartpole_on_two_vmapped_seeds():
 def test_a2c_loop_runs_and_updates():
     cfg = RunConfig(algo="a2c", env="Pendulum-v1", num_envs=2, total_steps=100,
                     agent=a2c.Config(rollout_length=5, hidden=(8,)))
-    train = on_policy.build(cfg, registry.make_env("Pendulum-v1", 2))
+    train = build_on_policy(cfg, registry.make_env("Pendulum-v1", 2))
     carry = train.init(jax.random.PRNGKey(0))
     new, logs = jax.jit(train.run, static_argnums=1)(carry, 3)
     assert int(new.iteration) == 3 and int(new.agent.step) == 3
@@ -345,7 +274,7 @@ def test_a2c_loop_runs_and_updates():
 
 
 def test_on_policy_loop_refuses_stateful_exploration():
-    from angle_jax.algos.base import Exploration
+    from angle_jax.core.types import Exploration
 
     env = registry.make_env("Pendulum-v1", 2)
     algo = a2c.make(a2c.Config(rollout_length=5, hidden=(8,)), env.spec)

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import Transition
 from angle_jax.replay.prioritized import (beta_schedule, importance_weights, prioritized_replay, stratified_targets,
                                           sumtree_find, tree_init, tree_leaf_values, tree_set, tree_total)
-from angle_jax.training.axes import seed_axes
+from angle_jax.core.axes import seed_axes
 
 
 def item(t, num_envs):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from angle_jax.replay import uniform_replay
-from angle_jax.training.axes import seed_axes
+from angle_jax.core.axes import seed_axes
 
 
 def item(t, num_envs=3):

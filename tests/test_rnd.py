@@ -10,7 +10,13 @@ import pytest
 from angle_jax import registry
 from angle_jax.algos import ppo, rnd
 from angle_jax.config import RunConfig
-from angle_jax.training import modules, on_policy
+from angle_jax.core import types
+from angle_jax.training import build, on_policy
+
+
+def build_on_policy(cfg, env, eval_env=None):
+    """The loop functions of an on-policy run config (the algorithm made once, as the Trainer does)."""
+    return build.build_train(cfg, registry.algo_spec(cfg.algo), env, eval_env)[1]
 
 
 class RunningStatsTest(chex.TestCase):
@@ -42,17 +48,17 @@ def test_discounted_filter_predictor_loss_and_obs_normalisation():
                                rtol=1e-5)
 
 
-def rollout_of(states: jax.Array, T: int, N: int) -> modules.Rollout:
+def rollout_of(states: jax.Array, T: int, N: int) -> types.Rollout:
     """A rollout whose observations cycle through `states` ([K, D], K = T * N)."""
     obs = states.reshape(T, N, -1)
     zeros = jnp.zeros((T, N))
-    return modules.Rollout(obs, jnp.zeros((T, N), jnp.int32), zeros, zeros.astype(bool), zeros.astype(bool),
+    return types.Rollout(obs, jnp.zeros((T, N), jnp.int32), zeros, zeros.astype(bool), zeros.astype(bool),
                            obs, zeros)
 
 
 def test_intrinsic_reward_falls_on_repeatedly_visited_states():
     spec = registry.make_env("MountainCar-v0", 4).spec
-    module = modules.make_module("rnd", spec, {"epochs": 2, "minibatches": 2, "learning_rate": 3e-3})
+    module = build.make_modules(("rnd",), {"rnd": {"epochs": 2, "minibatches": 2, "learning_rate": 3e-3}}, spec)[0]
     T, N = 8, 4
     visited = jnp.stack([jnp.linspace(-0.6, -0.4, T * N), jnp.linspace(-0.01, 0.01, T * N)], -1)
     novel = jnp.stack([jnp.linspace(0.3, 0.5, T * N), jnp.linspace(0.05, 0.07, T * N)], -1)
@@ -82,10 +88,10 @@ def test_intrinsic_reward_falls_on_repeatedly_visited_states():
 
 def test_module_outputs_reach_the_rollout():
     r = rollout_of(jnp.zeros((6, 1)), 3, 2)
-    outs = [modules.ModuleOutput(reward=jnp.ones((3, 2)), advantage=None),
-            modules.ModuleOutput(reward=None, advantage=2 * jnp.ones((3, 2))),
-            modules.ModuleOutput(reward=jnp.ones((3, 2)), advantage=jnp.ones((3, 2)))]
-    combined = modules.apply_outputs(r, outs)
+    outs = [types.ModuleOutput(reward=jnp.ones((3, 2)), advantage=None),
+            types.ModuleOutput(reward=None, advantage=2 * jnp.ones((3, 2))),
+            types.ModuleOutput(reward=jnp.ones((3, 2)), advantage=jnp.ones((3, 2)))]
+    combined = on_policy.apply_outputs(r, outs)
     np.testing.assert_allclose(combined.reward, 2.0)
     np.testing.assert_allclose(combined.advantage_bonus, 3.0)
 
@@ -93,13 +99,13 @@ def test_module_outputs_reach_the_rollout():
 def test_unknown_modules_and_settings_are_rejected():
     spec = registry.make_env("CartPole-v1", 2).spec
     with pytest.raises(ValueError, match=r"unknown module 'rdn' \(valid: rnd\)"):
-        modules.make_modules(("rdn",), {}, spec)
+        build.make_modules(("rdn",), {}, spec)
     with pytest.raises(ValueError, match="unknown setting.*int_coeff"):
-        modules.make_modules(("rnd",), {"rnd": {"int_coeff": 1.0}}, spec)
+        build.make_modules(("rnd",), {"rnd": {"int_coeff": 1.0}}, spec)
     with pytest.raises(ValueError, match="not in modules"):
-        modules.make_modules((), {"rnd": {}}, spec)
+        build.make_modules((), {"rnd": {}}, spec)
     with pytest.raises(ValueError, match="update_proportion"):
-        modules.make_modules(("rnd",), {"rnd": {"update_proportion": 2.0}}, spec)
+        build.make_modules(("rnd",), {"rnd": {"update_proportion": 2.0}}, spec)
 
 
 def test_ppo_and_rnd_compose_by_configuration():
@@ -109,7 +115,7 @@ def test_ppo_and_rnd_compose_by_configuration():
                     module_kwargs={"rnd": {"hidden": (16,), "critic_hidden": (16,), "embed_dim": 8,
                                            "epochs": 1, "minibatches": 2}},
                     agent=ppo.Config(rollout_length=8, epochs=1, minibatches=2, hidden=(16,)))
-    train = on_policy.build(cfg, registry.make_env("CartPole-v1", 2))
+    train = build_on_policy(cfg, registry.make_env("CartPole-v1", 2))
     carry = train.init(jax.random.PRNGKey(0))
     assert len(carry.modules) == 1 and isinstance(carry.modules[0], rnd.RNDState)
     new, logs = jax.jit(train.run, static_argnums=1)(carry, 2)

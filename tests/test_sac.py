@@ -7,8 +7,8 @@ import pytest
 
 from angle_jax import registry
 from angle_jax.algos import sac
-from angle_jax.algos.base import Transition
-from angle_jax.training.axes import seed_axes
+from angle_jax.core.types import Transition
+from angle_jax.core.axes import seed_axes
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
 
 SPEC = registry.make_env("Pendulum-v1", 1).spec

@@ -13,13 +13,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TD3
+from conftest import REPO, TINY_TD3, xla_default_env
+
+# its module-scoped fixtures are built once: all its tests run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("scale")
 
 SCRIPT = str(REPO / "tests" / "scale_checks.py")
 
 
 def _spawn(args, devices: int):
-    env = dict(os.environ)
+    env = xla_default_env()  # the checks compare differently laid-out programs bit for bit
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     env.pop("JAX_PLATFORMS", None)
     return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -123,14 +126,14 @@ def test_data_parallel_sizes_must_divide(tmp_path, capsys):
 
 
 def test_sweep_run_writes_results_table(tmp_path):
-    from conftest import run_script
+    from conftest import run_in_process
 
     run_dir = tmp_path / "sweep"
     args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(run_dir), "--seeds", "2",
             "--sweep", "agent.critic_lr=0,1e-3"]
     for o in TINY_TD3 + ["total_steps=600", "learning_starts=300", "log_interval=600"]:
         args += ["--set", o]
-    proc = run_script("train.py", *args)
+    proc = run_in_process("train.py", *args)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = summary["sweep"]

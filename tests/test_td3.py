@@ -6,7 +6,8 @@ import pytest
 
 from angle_jax import registry
 from angle_jax.algos import td3
-from angle_jax.algos.base import Transition, polyak_update
+from angle_jax.core.optim import polyak_update
+from angle_jax.core.types import Transition
 
 SPEC = registry.make_env("Pendulum-v1", 1).spec
 SMALL = td3.Config(actor_hidden=(8,), critic_hidden=(8,))

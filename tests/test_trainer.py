@@ -13,7 +13,10 @@ import pytest
 from angle_jax import checkpoint as ckpt
 from angle_jax.config import load_config
 from angle_jax.training.trainer import DivergenceError, Trainer
-from conftest import REPO, TINY_TD3, run_script
+from conftest import REPO, TINY_TD3, run_in_process, run_script, xla_defaults
+
+# its module-scoped fixtures are built once: all its tests run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("trainer")
 
 
 def test_generator_yields_one_dict_per_chunk_with_expected_keys(tmp_path):
@@ -38,8 +41,8 @@ def test_every_chunk_length_compiles_before_the_first_step():
                          algo="td3", env="Pendulum-v1")
     trainer = Trainer(config)
     trainer.carry = trainer.init_carry()
-    assert trainer._init_compiled is not None
-    assert sorted(trainer._runs) == sorted({trainer.chunk_iters, trainer.total_iters % trainer.chunk_iters})
+    assert trainer.programs._init_compiled is not None
+    assert sorted(trainer.programs._runs) == sorted({trainer.chunk_iters, trainer.total_iters % trainer.chunk_iters})
     compile_s = trainer.compile_s
     out = list(trainer())
     assert [d["step"] for d in out][-1] >= 1300
@@ -52,17 +55,17 @@ def test_evaluation_compiles_up_front_when_the_run_evaluates_as_it_goes():
                                                "eval_episodes=2"], algo="td3", env="Pendulum-v1")
     trainer = Trainer(config)
     trainer.carry = trainer.init_carry()
-    assert trainer._evaluate_compiled is not None
+    assert trainer.programs._evaluate_compiled is not None
     out = list(trainer())
     assert [d["step"] for d in out] == [500, 1000] and all("eval_return_mean" in d for d in out)
-    assert trainer._evaluate._cache_size() == 0  # the lazily compiled path was never taken
-    np.testing.assert_array_equal(trainer.evaluate(), trainer._evaluate(trainer.carry.agent, trainer._eval_keys()))
+    assert trainer.programs._evaluate._cache_size() == 0  # the lazily compiled path was never taken
+    np.testing.assert_array_equal(trainer.evaluate(), trainer.programs._evaluate(trainer.carry.agent, trainer.programs.eval_keys(trainer.step)))
 
 
 def test_gc_paused_restores_the_collector_state_even_on_error():
     import gc
 
-    from angle_jax.training.trainer import gc_paused
+    from angle_jax.training.programs import gc_paused
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError):
@@ -79,6 +82,7 @@ def test_gc_paused_restores_the_collector_state_even_on_error():
         gc.enable()
 
 
+@xla_defaults
 def test_seed_i_of_a_multi_seed_run_starts_as_the_single_run_with_that_seed():
     """Same initial parameters and, through the random warm-up, the same env trajectory."""
     def first_chunk(seeds, seed):
@@ -86,7 +90,7 @@ def test_seed_i_of_a_multi_seed_run_starts_as_the_single_run_with_that_seed():
                                                             f"seed={seed}"], algo="td3", env="Pendulum-v1"))
         carry = trainer.init_carry()
         start = trainer.agent_params(carry)
-        carry, _, _ = trainer._run_fn(trainer.chunk_iters)(carry)  # 500 warm-up steps, no update yet
+        carry, _, _ = trainer.programs.chunk(trainer.chunk_iters)(carry)  # 500 warm-up steps, no update yet
         return start, np.asarray(carry.obs)
 
     params_2, obs_2 = first_chunk(2, 0)
@@ -106,7 +110,7 @@ def test_resuming_a_finished_run_trains_no_steps_and_reports_no_speed(trained_ru
     copy = tmp_path / "run"
     shutil.copytree(ref_dir, copy)
     before = json.loads((copy / "summary.json").read_text())
-    proc = run_script("train.py", "--resume", str(copy))
+    proc = run_in_process("train.py", "--resume", str(copy))
     assert proc.returncode == 0, proc.stderr
     after = json.loads((copy / "summary.json").read_text())
     assert after["total_steps"] == before["total_steps"] == 3000
@@ -125,7 +129,7 @@ def test_resume_refuses_to_start_over_when_no_checkpoint_fits(trained_run, tmp_p
     assert files
     for f in files:
         f.write_bytes(b"not a checkpoint")
-    proc = run_script("train.py", "--resume", str(copy))
+    proc = run_in_process("train.py", "--resume", str(copy))
     assert proc.returncode == 2, proc.stderr
     assert f"none of the {len(files)} checkpoints" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted((copy / "checkpoints").glob("ckpt_*.ckpt")) == files
@@ -221,7 +225,7 @@ def test_divergence_exit_code_3(tmp_path):
     args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(tmp_path / "r")]
     for o in TINY_TD3 + ["agent.critic_lr=1e30", "agent.actor_lr=1e30", "learning_starts=100"]:
         args += ["--set", o]
-    proc = run_script("train.py", *args)
+    proc = run_in_process("train.py", *args)
     assert proc.returncode == 3, proc.stderr
     assert "training diverged at step" in proc.stderr
 
@@ -229,14 +233,14 @@ def test_divergence_exit_code_3(tmp_path):
 def test_play_writes_gif_and_checks_spaces(trained_run, tmp_path):
     run_dir, _ = trained_run
     gif = tmp_path / "play.gif"
-    proc = run_script("play.py", "--checkpoint", str(run_dir), "--episodes", "2", "--video", str(gif))
+    proc = run_in_process("play.py", "--checkpoint", str(run_dir), "--episodes", "2", "--video", str(gif))
     assert proc.returncode == 0, proc.stderr
     assert "mean return over 2 episodes" in proc.stdout
     import imageio.v2 as imageio
 
     frames = imageio.mimread(gif)
     assert len(frames) > 1 and frames[0].shape[-1] in (3, 4)
-    bad = run_script("play.py", "--checkpoint", str(run_dir), "--env", "MountainCarContinuous-v0")
+    bad = run_in_process("play.py", "--checkpoint", str(run_dir), "--env", "MountainCarContinuous-v0")
     assert bad.returncode == 2 and "does not fit MountainCarContinuous-v0" in bad.stderr
 
 
@@ -249,7 +253,7 @@ def sweep_run(tmp_path_factory):
     for o in TINY_TD3 + ["total_steps=600", "learning_starts=200", "buffer_size=600", "log_interval=300",
                          "tensorboard=false"]:
         args += ["--set", o]
-    proc = run_script("train.py", *args)
+    proc = run_in_process("train.py", *args)
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -257,13 +261,13 @@ def sweep_run(tmp_path_factory):
 def test_play_picks_one_run_of_a_sweep(sweep_run):
     labels = json.loads((sweep_run / "summary.json").read_text())["runs"]
     assert labels[1] == "run_1: actor_lr=0.001 seed=1"
-    proc = run_script("play.py", "--checkpoint", str(sweep_run), "--episodes", "2", "--run-index", "1")
+    proc = run_in_process("play.py", "--checkpoint", str(sweep_run), "--episodes", "2", "--run-index", "1")
     assert proc.returncode == 0, proc.stderr
     assert f"playing {labels[1]}" in proc.stdout and "mean return over 2 episodes" in proc.stdout
 
 
 def test_play_bad_run_index_is_one_line_error(sweep_run):
-    proc = run_script("play.py", "--checkpoint", str(sweep_run), "--run-index", "4")
+    proc = run_in_process("play.py", "--checkpoint", str(sweep_run), "--run-index", "4")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--run-index must be in [0, 4)" in proc.stderr and "got 4" in proc.stderr
@@ -278,7 +282,7 @@ def data_parallel_run(tmp_path_factory):
     for o in TINY_TD3 + ["total_steps=600", "learning_starts=200", "buffer_size=600", "log_interval=300",
                          "tensorboard=false", "data_parallel=2", "num_envs=2", "checkpoint_interval=300"]:
         args += ["--set", o]
-    proc = run_script("train.py", *args)
+    proc = run_in_process("train.py", *args)
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -286,8 +290,8 @@ def data_parallel_run(tmp_path_factory):
 def test_play_reads_a_data_parallel_checkpoint(data_parallel_run):
     """The numbered checkpoint keeps a shard axis; play drops it and plays the same agent as params.ckpt."""
     last = sorted((data_parallel_run / "checkpoints").glob("*.ckpt"))[-1]
-    from_ckpt = run_script("play.py", "--checkpoint", str(last), "--episodes", "2")
-    from_params = run_script("play.py", "--checkpoint", str(data_parallel_run), "--episodes", "2")
+    from_ckpt = run_in_process("play.py", "--checkpoint", str(last), "--episodes", "2")
+    from_params = run_in_process("play.py", "--checkpoint", str(data_parallel_run), "--episodes", "2")
     assert from_ckpt.returncode == 0, from_ckpt.stderr
     assert from_params.returncode == 0, from_params.stderr
     mean = [line for line in from_ckpt.stdout.splitlines() if line.startswith("mean return")]

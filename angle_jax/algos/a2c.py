@@ -1,8 +1,8 @@
 """A2C (Mnih et al. 2016, synchronous): one gradient step per short rollout on n-step returns.
 
-`n_step_returns` and `a2c_loss` are the named pieces; `make` composes them
-into an `Algorithm` run by `angle_jax.training.on_policy`. It shares the
-actor-critic network, action handling and config checks with PPO.
+`a2c_loss` is the named piece (the returns are `angle_jax.core.returns.n_step_returns`);
+`make` composes them into an `Algorithm` run by `angle_jax.training.on_policy`. It shares
+the actor-critic network, action handling and config checks with PPO (`policy_gradient`).
 """
 from __future__ import annotations
 
@@ -13,41 +13,18 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import (Algorithm, apply_gradients, direction_optimizer, hparams_from_config,
-                                  maybe_pmean)
-from angle_jax.algos.on_policy_config import OnPolicyConfig
-from angle_jax.algos.ppo import entropy_bonus, lr_schedule, network, normalize_advantages, policy_functions
+from angle_jax.algos.minibatch import flatten_steps
+from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, lr_schedule, network, normalize_advantages,
+                                             policy_functions)
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
+from angle_jax.core.returns import n_step_returns
+from angle_jax.core.types import AlgoSpec, Algorithm, Rollout, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import policy_distribution
-from angle_jax.training.modules import Rollout, flatten_steps
-
-ACTION_KIND = "both"
-LOOP = "on_policy"
 
 
 # ---- named pieces -------------------------------------------------------------
-
-def n_step_returns(rewards: jax.Array, next_values: jax.Array, terminated: jax.Array,
-                   truncated: jax.Array, gamma: jax.Array) -> jax.Array:
-    """Discounted returns to the end of the rollout, bootstrapped from the last value.
-
-    `R_t = r_t + γ (1 - term_t) X_t` with `X_t = V(next_obs_t)` where the episode
-    was truncated or the rollout ends, and `X_t = R_{t+1}` otherwise. So step
-    `t` uses an up-to-(T - t)-step return; termination never bootstraps.
-    Inputs `[T, ...]`; equals GAE with λ = 1 plus the values.
-    """
-    chex.assert_equal_shape([rewards, next_values, terminated, truncated])
-    not_term = 1.0 - terminated.astype(jnp.float32)
-    cut = truncated.astype(jnp.float32)
-
-    def back(next_return, xs):
-        r, nv, nt, c = xs
-        ret = r + gamma * nt * (c * nv + (1.0 - c) * next_return)
-        return ret, ret
-
-    _, returns = jax.lax.scan(back, next_values[-1], (rewards, next_values, not_term, cut), reverse=True)
-    return returns
-
 
 def a2c_loss(log_prob: jax.Array, advantages: jax.Array, values: jax.Array, returns: jax.Array,
              entropy: jax.Array, vf_coef: jax.Array, ent_coef: jax.Array):
@@ -95,11 +72,11 @@ class A2CState:
     shared_fields = ("step",)
 
 
-def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algorithm:
+def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """A2C for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
     net = network(config, spec)
-    tx = direction_optimizer(config.max_grad_norm, eps=config.adam_eps)
+    tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
     act, explore = policy_functions(config, spec, net)
 
@@ -134,4 +111,9 @@ def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algor
         metrics["learning_rate"] = lr
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="on_policy")
+    return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
+                                  kernels=kernels))
+
+
+SPEC = AlgoSpec(name="a2c", loop="on_policy", action_kind="both", Config=Config, make=make,
+                presets={"CartPole-v1": "a2c_cartpole.yaml"})

@@ -1,10 +1,10 @@
 """Pieces shared by the actor-critic algorithms over continuous actions (TD3, SAC, DDPG).
 
-Each is a small pure function: the Bellman target with termination masking,
-the critic regression loss and step, one generic gradient step, the
+Each is a small pure function: the critic regression loss and step, the
 deterministic policy-gradient step with its target sync, Gaussian
-exploration, network construction and parameter/optimizer init. An
-algorithm module composes them and adds only what makes it different.
+exploration, network construction, parameter/optimizer init, and the
+meta-gradient objective they share (`td_validation`). An algorithm module
+composes them and adds only what makes it different.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from angle_jax.algos.base import (apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean,
-                                  polyak_update)
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import direction_optimizer, gradient_step, hparams_from_config, polyak_update
+from angle_jax.core.returns import bellman_target
+from angle_jax.core.types import Validation
 from angle_jax.envs.base import EnvSpec
-from angle_jax.networks.mlp import MLP, QEnsemble, flatten_obs
+from angle_jax.networks.mlp import MLP, QEnsemble, as_float, flatten_obs
 
 
 # ---- configuration ----------------------------------------------------------------
@@ -40,7 +42,7 @@ class ActorCriticConfig:
     tau: float = 0.005
     axis_name: str | None = None
 
-    def validate(self) -> None:
+    def validate(self, num_envs: int | None = None) -> None:
         for name in ("actor_hidden", "critic_hidden"):
             if not getattr(self, name) or any(w <= 0 for w in getattr(self, name)):
                 raise ValueError(f"{name} must be a non-empty list of positive widths, got {list(getattr(self, name))}")
@@ -70,30 +72,16 @@ def require_continuous(algo_name: str, spec: EnvSpec) -> None:
         raise ValueError(f"{algo_name} needs continuous actions; {spec.name} has {spec.action_space.n} discrete actions")
 
 
-def build(algo_name: str, config: Any, spec: EnvSpec, networks: Callable) -> tuple[Any, QEnsemble, Any]:
+def build(algo_name: str, config: Any, spec: EnvSpec, networks: Callable,
+          kernels: Kernels = XLA) -> tuple[Any, QEnsemble, Any]:
     """Check env and config, then (actor, critic, optimizer direction) for `make`."""
     require_continuous(algo_name, spec)
     config.validate()
     actor, critic = networks(config, spec)
-    return actor, critic, direction_optimizer(config.max_grad_norm)
+    return actor, critic, kernels.optimizer(direction_optimizer(config.max_grad_norm))
 
 
 # ---- targets and losses ---------------------------------------------------------------
-
-def bellman_target(next_value: jax.Array, reward: jax.Array, terminated: jax.Array, gamma: jax.Array) -> jax.Array:
-    """r + γ (1 - terminated) V(s').
-
-    All arrays are `[batch]`. A truncated step is not terminated, so it still bootstraps.
-    No stop-gradient: callers build the target from target networks outside the
-    differentiated critic loss, so parameters get no gradient through it, while
-    meta-gradients can still flow into γ and the other traced hyperparameters.
-    Code that builds a target inside its own loss applies `stop_gradient` itself.
-    """
-    chex.assert_rank(next_value, 1)
-    chex.assert_equal_shape([next_value, reward, terminated])
-    bootstrap = gamma * (1.0 - terminated.astype(jnp.float32))
-    return reward + bootstrap * next_value
-
 
 def ensemble_td_loss(q: jax.Array, target: jax.Array) -> jax.Array:
     """Sum over members of the mean squared TD error. q: [members, batch], target: [batch]."""
@@ -115,18 +103,6 @@ def gaussian_exploration(action: jax.Array, key: jax.Array, noise_scale: jax.Arr
 
 # ---- steps --------------------------------------------------------------------------
 
-def gradient_step(objective: Callable[[Any], tuple[jax.Array, Any]], tx: optax.GradientTransformation,
-                  params: Any, opt_state: Any, learning_rate: jax.Array, axis_name: str | None = None):
-    """One optimizer step on `objective(params) -> (loss, aux)`; returns (params, opt_state, loss, aux).
-
-    Gradients are averaged over `axis_name` when one is given (data-parallel training).
-    """
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    grads = maybe_pmean(grads, axis_name)
-    params, opt_state = apply_gradients(tx, params, opt_state, grads, learning_rate)
-    return params, opt_state, loss, aux
-
-
 def critic_step(critic: QEnsemble, tx: optax.GradientTransformation, params: Any, opt_state: Any,
                 obs: jax.Array, action: jax.Array, target: jax.Array, learning_rate: jax.Array,
                 axis_name: str | None = None, loss_fn: Callable = ensemble_td_loss):
@@ -141,7 +117,7 @@ def critic_step(critic: QEnsemble, tx: optax.GradientTransformation, params: Any
 def first_member_q(critic: QEnsemble, params: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
     """Q of ensemble member 0 only, without evaluating the other members."""
     member = jax.tree.map(lambda p: p[0], params["params"]["VmapMLP_0"])
-    x = jnp.concatenate([flatten_obs(obs, critic.obs_ndim), action.astype(jnp.float32)], axis=-1)
+    x = jnp.concatenate([flatten_obs(obs, critic.obs_ndim), as_float(action)], axis=-1)
     return MLP(critic.hidden, critic.activation, 1).apply({"params": member}, x)[..., 0]
 
 
@@ -236,12 +212,44 @@ class DeterministicParts(NamedTuple):
 
 
 def deterministic_parts(algo_name: str, config: Any, spec: EnvSpec, networks: Callable,
-                        hparams_cls: type) -> DeterministicParts:
+                        hparams_cls: type, kernels: Kernels = XLA) -> DeterministicParts:
     """Networks, optimizer, `init` (hyperparameters from `hparams_cls`'s config fields) and the agent."""
-    actor, critic, tx = build(algo_name, config, spec, networks)
+    actor, critic, tx = build(algo_name, config, spec, networks, kernels)
     act, explore = deterministic_agent(actor)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> DeterministicACState:
         return init_deterministic_state(key, actor, critic, tx, spec_, hparams_from_config(hparams_cls, config))
 
     return DeterministicParts(actor, critic, tx, init, act, explore)
+
+
+# ---- the meta-gradient objective ----------------------------------------------------------
+
+def td_validation(critic: QEnsemble, target: Callable, actor_term: Callable | None = None,
+                  actor_weight: float = 0.0, update: Callable | None = None) -> Validation:
+    """The actor-critics' meta-objective (Xu et al. 2018): the TD error of the updated critic
+    on held-out transitions, `sum_i mean (Q_i(s, a) - y)²`.
+
+    `target(state, batch, key) -> y [batch]` is the algorithm's own Bellman target, read from
+    the updated state's target networks with a fixed reference γ' (so η cannot shrink its
+    own targets); it is held constant (stop-gradient), so η reaches J only through the critic
+    parameters its update produced. With `actor_weight > 0`, adds that multiple of
+    `actor_term(state, frozen_critic_params, obs, key)`, the updated actor's loss under the
+    frozen updated critic, which gives actor hyperparameters a meta-gradient too. `update`
+    is the inner step to differentiate through (None: the algorithm's update).
+    """
+    def objective(agent_state: Any, batch: Any, key: jax.Array) -> jax.Array:
+        y = jax.lax.stop_gradient(target(agent_state, batch, key))
+        q = critic.apply(agent_state.critic_params, batch.obs, batch.action)
+        value = ensemble_td_loss(q, y)
+        if actor_weight:
+            frozen = jax.lax.stop_gradient(agent_state.critic_params)
+            value = value + actor_weight * actor_term(agent_state, frozen, batch.obs, jax.random.fold_in(key, 1))
+        return value
+
+    return Validation(objective, update=update)
+
+
+def reference(value: float | None, default: float) -> jax.Array:
+    """A reference hyperparameter of a meta-objective: `value`, or the configured `default`."""
+    return jnp.float32(default if value is None else value)

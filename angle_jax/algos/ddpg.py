@@ -19,11 +19,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos import actor_critic as ac
-from angle_jax.algos.base import Algorithm, Exploration, Transition, where_done
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.types import AlgoSpec, Algorithm, Exploration, Transition, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import DeterministicActor
-
-ACTION_KIND = "continuous"
 
 DDPGState = ac.DeterministicACState
 EXPLORATIONS = ("gaussian", "ou")
@@ -40,8 +39,8 @@ class Config(ac.ActorCriticConfig):
     ou_theta: float = 0.15
     ou_sigma: float = 0.2
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, num_envs: int | None = None) -> None:
+        super().validate(num_envs)
         if self.exploration not in EXPLORATIONS:
             raise ValueError(f"exploration must be one of {', '.join(map(repr, EXPLORATIONS))}, "
                              f"got {self.exploration!r}")
@@ -90,7 +89,7 @@ def ou_exploration(action: jax.Array, noise: jax.Array) -> jax.Array:
 
 def ou_noise_reset(noise: jax.Array, done: jax.Array) -> jax.Array:
     """Restart the processes of the envs whose episode ended (`done`: bool [num_envs]) at 0."""
-    return where_done(done, jnp.zeros_like(noise), noise)
+    return jnp.where(done.reshape(done.shape + (1,) * (noise.ndim - done.ndim)), 0.0, noise)
 
 
 def ou_explorer(act: Callable[..., jax.Array], spec: EnvSpec) -> Exploration:
@@ -115,9 +114,17 @@ def networks(config: Config, spec: EnvSpec):
     return actor, ac.make_critic(config, spec, 1)
 
 
-def make(config: Config, spec: EnvSpec) -> Algorithm:
+def target_q(actor, critic, state: DDPGState, batch: Transition, gamma: jax.Array) -> jax.Array:
+    """`q_target` of `state`'s target networks."""
+    next_q = critic.apply(state.critic_target, batch.next_obs, actor.apply(state.actor_target, batch.next_obs))
+    return q_target(next_q, batch.reward, batch.terminated, gamma)
+
+
+def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """DDPG for a continuous-action env whose actions live in [-1, 1]."""
-    actor, critic, tx, init, act, explore = ac.deterministic_parts("ddpg", config, spec, networks, DDPGHParams)
+    del total_steps
+    actor, critic, tx, init, act, explore = ac.deterministic_parts("ddpg", config, spec, networks, DDPGHParams,
+                                                                   kernels)
     exploration = None
     if config.exploration == "ou":
         exploration = ou_explorer(act, spec)
@@ -132,8 +139,7 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
     def update(state: DDPGState, batch: Transition, key: jax.Array):
         del key
         hp = state.hparams
-        next_q = critic.apply(state.critic_target, batch.next_obs, actor.apply(state.actor_target, batch.next_obs))
-        target = q_target(next_q, batch.reward, batch.terminated, hp.gamma)
+        target = target_q(actor, critic, state, batch, hp.gamma)
         critic_params, critic_opt, c_loss, q = ac.critic_step(
             critic, tx, state.critic_params, state.critic_opt, batch.obs, batch.action, target, hp.critic_lr,
             config.axis_name)
@@ -143,5 +149,25 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
                               actor_opt, critic_opt, hp, state.step + 1)
         return new_state, {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(q)}
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy",
-                     exploration=exploration)
+    def validation(reference_gamma: float | None = None, actor_weight: float = 0.0):
+        """DDPG's meta-objective (`ac.td_validation`): the target r + γ' (1 - terminated) Q'(s', μ'(s'))
+        of the updated target networks, a fixed reference γ' (default: the configured γ); the
+        actor term is the deterministic policy-gradient loss."""
+        gamma = ac.reference(reference_gamma, config.gamma)
+
+        def target(state, batch, key):
+            del key
+            return target_q(actor, critic, state, batch, gamma)
+
+        def actor_term(state, frozen, obs, key):
+            del key
+            return ac.deterministic_policy_loss(ac.first_member_q(critic, frozen, obs, actor.apply(state.actor_params, obs)))
+
+        return ac.td_validation(critic, target, actor_term, actor_weight)
+
+    return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
+                                  exploration=exploration, validation=validation, kernels=kernels))
+
+
+SPEC = AlgoSpec(name="ddpg", loop="off_policy", action_kind="continuous", Config=Config, make=make,
+                presets={"Pendulum-v1": "ddpg_pendulum.yaml"}, meta_options=("reference_gamma", "actor_weight"))

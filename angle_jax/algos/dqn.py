@@ -20,17 +20,19 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import (Algorithm, Transition, apply_gradients, direction_optimizer,
-                                  hparams_from_config, maybe_pmean)
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import (apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean,
+                                  polyak_update)
+from angle_jax.core.returns import nstep_return
+from angle_jax.core.types import AlgoSpec, Algorithm, NStepBatch, Transition, as_nstep_batch, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.heads import TORSOS, QNetwork, resolve_torso
 from angle_jax.networks.mlp import ACTIVATIONS
 from angle_jax.replay.buffer import ReplayBuffer
-from angle_jax.replay.nstep import NStepBatch, as_nstep_batch, nstep_replay, nstep_return
+from angle_jax.replay.frames import frame_replay, frame_replay_for
+from angle_jax.replay.nstep import nstep_replay
 from angle_jax.replay.prioritized import prioritized_replay
 
-ACTION_KIND = "discrete"
-LOOP = "off_policy"
 LOSSES = ("huber", "mse")
 
 
@@ -83,7 +85,7 @@ class Config:
     epsilon_decay_steps: int = 10_000
     axis_name: str | None = None
 
-    def validate(self) -> None:
+    def validate(self, num_envs: int | None = None) -> None:
         if any(w <= 0 for w in self.hidden):
             raise ValueError(f"hidden must be a list of positive widths, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:
@@ -276,11 +278,6 @@ def categorical_loss(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
     return -jnp.sum(target_probs * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-def target_update(online: dict, target: dict, tau: jax.Array) -> dict:
-    """τ online + (1 - τ) target, leaf by leaf; τ = 1 gives an exact copy (a hard update)."""
-    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
-
-
 def select_action_values(values: jax.Array, action: jax.Array) -> jax.Array:
     """values[b, action[b]] for values `[batch, actions, ...]`."""
     chex.assert_rank(action, 1)
@@ -313,13 +310,14 @@ def buffer_for(config: Config, capacity_per_env: int, batch_size: int) -> Replay
     return nstep_replay(capacity_per_env, batch_size, config.n_step)
 
 
-def make(config: Config, spec: EnvSpec) -> Algorithm:
+def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """DQN (with the components `config` enables) for a discrete-action env."""
+    del total_steps
     if not spec.discrete:
         raise ValueError(f"dqn needs discrete actions; {spec.name} has a continuous action space")
     config.validate()
     net = network(config, spec)
-    tx = direction_optimizer(config.max_grad_norm, config.adam_eps)
+    tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, config.adam_eps))
     support = categorical_support(config.num_atoms, config.v_min, config.v_max) if config.distributional else None
 
     def q_values(params, obs, key=None):
@@ -389,7 +387,7 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
         step = state.step + 1
         target_params = jax.lax.cond(
             step % config.target_update_interval == 0,
-            lambda: target_update(params, state.target_params, hp.tau),
+            lambda: polyak_update(params, state.target_params, hp.tau),
             lambda: state.target_params,
         )
         new_state = DQNState(params, target_params, opt_state, hp, step)
@@ -399,12 +397,14 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
         return new_state, metrics
 
     def make_buffer(loop) -> ReplayBuffer:
-        from angle_jax.replay.frames import frame_replay, frame_replay_for
-
         if not config.prioritized and frame_replay_for(spec.obs_shape, spec.obs_dtype):
             # Stacked Atari frames: store each frame once and rebuild stacks at sample time.
             return frame_replay(loop.capacity_per_env, loop.batch_size, config.n_step)
         return buffer_for(config, loop.capacity_per_env, loop.batch_size)
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config,
-                     kind="off_policy", make_buffer=make_buffer)
+    return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
+                                  make_buffer=make_buffer, kernels=kernels))
+
+
+SPEC = AlgoSpec(name="dqn", loop="off_policy", action_kind="discrete", Config=Config, make=make,
+                presets={"CartPole-v1": "dqn_cartpole.yaml"})

@@ -1,15 +1,14 @@
 """PPO (Schulman et al. 2017) with clipped surrogate, GAE and optional value clipping.
 
-The named pieces (`gae`, re-exported from training/modules.py where loop
-modules share it, `normalize_advantages`, `ppo_policy_loss`,
-`policy_gradient_loss`, `value_loss`, `entropy_bonus`, `approx_kl`,
-`clip_fraction`, `score_rollout`) are small functions research code can call
-alone. `make` composes them into an `Algorithm` whose `update(state, rollout,
-key)` is one whole PPO learning step: score the rollout and compute
-advantages, then `epochs x minibatches` gradient steps. γ and λ are read from
-the traced `state.hparams` and the advantages stay differentiable in them, so
-meta-gradients can tune both (angle_jax/meta/meta_gradient.py). The rollout
-comes from `angle_jax.training.on_policy`.
+The named pieces (`ppo_policy_loss`, `policy_gradient_loss`, `value_loss`, `approx_kl`,
+`clip_fraction`, `score_rollout`; GAE is `angle_jax.core.returns.gae`, advantage
+normalisation and the entropy bonus are shared with A2C in `policy_gradient`) are small
+functions research code can call alone. `make` composes them into an `Algorithm` whose
+`update(state, rollout, key)` is one whole PPO learning step: score the rollout and compute
+advantages, then `epochs x minibatches` gradient steps. γ and λ are read from the traced
+`state.hparams` and the advantages stay differentiable in them, so meta-gradients can tune
+both (`Algorithm.validation`, angle_jax/meta/). The rollout comes from
+`angle_jax.training.on_policy`.
 """
 from __future__ import annotations
 
@@ -20,23 +19,20 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import (Algorithm, apply_gradients, direction_optimizer, hparams_from_config,
-                                  maybe_pmean)
-from angle_jax.algos.on_policy_config import OnPolicyConfig
+from angle_jax.algos.minibatch import flatten_steps, minibatch_updates
+from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, lr_schedule, network, normalize_advantages,
+                                             policy_functions)
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
+from angle_jax.core.returns import gae
+from angle_jax.core.types import AlgoSpec, Algorithm, Rollout, Validation, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import ActorCritic, policy_distribution
-from angle_jax.training.modules import Rollout, flatten_steps, gae, minibatch_updates  # noqa: F401 (gae re-exported)
 
-ACTION_KIND = "both"
-LOOP = "on_policy"
+PPO_POLICY_LOSSES = ("clipped", "pg")
 
 
 # ---- named pieces -------------------------------------------------------------
-
-def normalize_advantages(advantages: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """Zero mean, unit standard deviation over the (mini)batch."""
-    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
-
 
 def ppo_policy_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
                     clip_eps: jax.Array) -> jax.Array:
@@ -64,11 +60,6 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
         clipped = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
         err = jnp.maximum(err, jnp.square(clipped - returns))
     return 0.5 * jnp.mean(err)
-
-
-def entropy_bonus(entropy: jax.Array) -> jax.Array:
-    """Mean policy entropy; the loss subtracts `ent_coef` times this."""
-    return jnp.mean(entropy)
 
 
 def approx_kl(log_prob: jax.Array, old_log_prob: jax.Array) -> jax.Array:
@@ -149,58 +140,6 @@ class PPOBatch:
 
 # ---- composition --------------------------------------------------------------
 
-def network(config, spec: EnvSpec) -> ActorCritic:
-    return ActorCritic(
-        action_dim=spec.action_dim,
-        discrete=spec.discrete,
-        hidden=tuple(config.hidden),
-        activation=config.activation,
-        obs_ndim=len(spec.obs_shape),
-        torso=config.torso,
-        shared_torso=config.shared_torso,
-        log_std_init=config.log_std_init,
-    )
-
-
-def num_iterations(config, spec: EnvSpec, total_steps: int | None) -> int | None:
-    """Learning iterations in a run of `total_steps` env steps (None: unknown, no annealing)."""
-    if total_steps is None:
-        return None
-    return max(1, total_steps // (config.rollout_length * spec.num_envs))
-
-
-def lr_schedule(config, spec: EnvSpec, total_steps: int | None):
-    """`(base_lr, step) -> lr`: linear decay to 0 over the run when `anneal_lr`."""
-    iters = num_iterations(config, spec, total_steps)
-    if not config.anneal_lr or iters is None:
-        return lambda lr, step: lr
-    return lambda lr, step: lr * jnp.maximum(1.0 - step.astype(jnp.float32) / iters, 0.0)
-
-
-def policy_functions(config, spec: EnvSpec, net: ActorCritic):
-    """`act` (mode / clipped mean) and `explore` (a sample, unclipped) over `state.params`."""
-
-    def dist(params, obs):
-        return policy_distribution(net.apply(params, obs, method=net.actor_outputs), spec.discrete)
-
-    def act(state, obs):
-        d = dist(state.params, obs)
-        if spec.discrete:
-            return d.mode().astype(jnp.int32)
-        return jnp.clip(d.mode(), -1.0, 1.0)
-
-    def explore(state, obs, key, step=None):
-        del step
-        outputs = net.apply(state.params, obs, method=net.actor_outputs)
-        if spec.discrete:
-            # what distrax's Categorical.sample draws (Gumbel-max over the logits), without its
-            # normalisation and validity checks: a few kernels less per rollout step
-            return jax.random.categorical(key, outputs).astype(jnp.int32)
-        return policy_distribution(outputs, spec.discrete).sample(seed=key)
-
-    return act, explore
-
-
 def score_rollout(net: ActorCritic, spec: EnvSpec, params: dict, rollout: Rollout, gamma: jax.Array,
                   gae_lambda: jax.Array) -> PPOBatch:
     """The flat training batch of a rollout: behaviour log-probs and values under `params`,
@@ -220,11 +159,11 @@ def score_rollout(net: ActorCritic, spec: EnvSpec, params: dict, rollout: Rollou
     return flatten_steps(batch)
 
 
-def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algorithm:
+def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """PPO for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
     net = network(config, spec)
-    tx = direction_optimizer(config.max_grad_norm, eps=config.adam_eps)
+    tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
     act, explore = policy_functions(config, spec, net)
 
@@ -265,4 +204,55 @@ def make(config: Config, spec: EnvSpec, total_steps: int | None = None) -> Algor
                        advantage_mean=jnp.mean(batch.advantage))
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="on_policy")
+    def validation(reference_gamma: float | None = None, reference_lambda: float | None = None,
+                   policy_loss: str = "clipped") -> Validation:
+        """PPO's meta-objective (Xu et al. 2018): the policy loss of the updated policy on the
+        validation half of the rollout, with advantages from GAE under fixed reference γ', λ'
+        (defaults: the configured γ and λ) and the pre-update value function.
+
+        `prepare` scores the validation half with the pre-update (behaviour) parameters and
+        (γ', λ'); none of it depends on η, so η reaches J only through the policy parameters
+        its update produced. `policy_loss` is "clipped" (PPO's clipped surrogate with the
+        configured ε against the behaviour log-probs) or "pg" (-mean A log π'). Advantages are
+        normalised as in the agent's loss when the config normalises them. The meta-learner's
+        inner update runs PPO on the first half of the rollout (in time), so `minibatches` must
+        divide `num_envs * (rollout_length // 2)`.
+        """
+        if policy_loss not in PPO_POLICY_LOSSES:
+            raise ValueError(f"meta.policy_loss must be one of {', '.join(PPO_POLICY_LOSSES)}, got {policy_loss!r}")
+        half = (config.rollout_length // 2) * spec.num_envs
+        if config.rollout_length < 2 or half % config.minibatches:
+            raise ValueError(
+                f"meta-gradients run PPO's update on the first half of each rollout: agent.minibatches "
+                f"({config.minibatches}) must divide num_envs * (rollout_length // 2) "
+                f"({spec.num_envs} * {config.rollout_length // 2} = {half})")
+        gamma = jnp.float32(config.gamma if reference_gamma is None else reference_gamma)
+        lam = jnp.float32(config.gae_lambda if reference_lambda is None else reference_lambda)
+        clip_eps = float(config.clip_eps)
+
+        def prepare(agent_state, rollout):
+            return score_rollout(net, spec, agent_state.params, rollout, gamma, lam)
+
+        def objective(agent_state, batch: PPOBatch, key: jax.Array) -> jax.Array:
+            del key
+            outputs = net.apply(agent_state.params, batch.obs, method=net.actor_outputs)
+            log_prob = policy_distribution(outputs, spec.discrete).log_prob(batch.action)
+            adv = batch.advantage
+            if config.normalize_advantages:
+                adv = normalize_advantages(adv)
+            adv = jax.lax.stop_gradient(adv)
+            if policy_loss == "pg":
+                return policy_gradient_loss(log_prob, adv)
+            return ppo_policy_loss(log_prob, batch.log_prob, adv, jnp.asarray(clip_eps, log_prob.dtype))
+
+        return Validation(objective, prepare)
+
+    return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
+                                  validation=validation, kernels=kernels))
+
+
+SPEC = AlgoSpec(name="ppo", loop="on_policy", action_kind="both", Config=Config, make=make,
+                presets={"CartPole-v1": "ppo_cartpole.yaml", "Pendulum-v1": "ppo_pendulum.yaml",
+                         "Breakout-MinAtar": "ppo_minatar.yaml"},
+                meta_options=("reference_gamma", "reference_lambda", "policy_loss"),
+                meta_params=("gamma", "gae_lambda"))

@@ -20,11 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from angle_jax.algos import dqn
-from angle_jax.algos.dqn import (DQNHParams, DQNState, categorical_double_q_target, categorical_projection,
-                                 double_q_target, epsilon_greedy, epsilon_schedule, make, q_learning_target)
-
-ACTION_KIND = "discrete"
-LOOP = "off_policy"
+from angle_jax.core.types import AlgoSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,5 +45,5 @@ class Config(dqn.Config):
     epsilon_decay_steps: int = 0
 
 
-__all__ = ["ACTION_KIND", "LOOP", "Config", "DQNHParams", "DQNState", "make", "categorical_double_q_target",
-           "categorical_projection", "double_q_target", "epsilon_greedy", "epsilon_schedule", "q_learning_target"]
+SPEC = AlgoSpec(name="rainbow", loop="off_policy", action_kind="discrete", Config=Config, make=dqn.make,
+                presets={"Breakout-MinAtar": "rainbow_minatar.yaml"})

@@ -8,7 +8,7 @@ own discount, treats the intrinsic stream as non-episodic, and contributes
 `int_coef * intrinsic advantages` to the policy's advantages. Target and
 predictor see observations normalised by a running mean/std and clipped.
 
-`make_module(config, spec)` returns a `training.modules.Module`; enable it
+`make_module(config, spec)` returns a loop `Module` (angle_jax.core.types); enable it
 with `RunConfig.modules = ("rnd",)` and settings in `module_kwargs["rnd"]`.
 """
 from __future__ import annotations
@@ -21,10 +21,15 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import apply_gradients, direction_optimizer, hparams_from_config
+from angle_jax.algos.minibatch import flatten_steps, minibatch_updates
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config
+from angle_jax.core.returns import gae
+from angle_jax.core.types import Module, ModuleOutput, ModuleSpec, Rollout
 from angle_jax.envs.base import EnvSpec
-from angle_jax.networks.policies import Critic, make_torso, orthogonal
-from angle_jax.training.modules import Module, ModuleOutput, Rollout, flatten_steps, gae, minibatch_updates
+from angle_jax.networks.initializers import orthogonal
+from angle_jax.networks.mlp import ACTIVATIONS
+from angle_jax.networks.policies import Critic, make_torso
 
 
 # ---- named pieces -------------------------------------------------------------
@@ -112,9 +117,8 @@ class Config:
     update_proportion: float = 0.25
     vf_coef: float = 0.5
 
-    def validate(self) -> None:
-        from angle_jax.networks.mlp import ACTIVATIONS
-
+    def validate(self, num_envs: int | None = None) -> None:
+        del num_envs
         for name in ("hidden", "critic_hidden"):
             if not getattr(self, name) or any(w <= 0 for w in getattr(self, name)):
                 raise ValueError(f"rnd {name} must be a non-empty list of positive widths, got {list(getattr(self, name))}")
@@ -179,12 +183,12 @@ class Embedding(nn.Module):
         return nn.Dense(self.embed_dim, kernel_init=orthogonal(1.0))(x)
 
 
-def make_module(config: Config, spec: EnvSpec) -> Module:
+def make_module(config: Config, spec: EnvSpec, *, kernels: Kernels = XLA) -> Module:
     config.validate()
     obs_ndim = len(spec.obs_shape)
     embed = Embedding(tuple(config.hidden), config.embed_dim, config.activation, obs_ndim, config.torso)
     critic = Critic(tuple(config.critic_hidden), config.activation, obs_ndim, config.torso)
-    tx = direction_optimizer(config.max_grad_norm, eps=config.adam_eps)
+    tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> RNDState:
         k_target, k_pred, k_critic = jax.random.split(key, 3)
@@ -243,6 +247,9 @@ def make_module(config: Config, spec: EnvSpec) -> Module:
             step, (state.params, state.opt_state), flatten_steps(out.data), key, config.epochs, config.minibatches)
         return state.replace(params=params, opt_state=opt_state), metrics
 
-    return Module(name="rnd", init=init, process=process, update=update, needs=("obs", "next_obs"),
-                  config=config)
+    return Module(name="rnd", init=init, process=kernels.bind(process), update=kernels.bind(update),
+                  needs=("obs", "next_obs"), config=config)
+
+
+SPEC = ModuleSpec(name="rnd", Config=Config, make=make_module)
 

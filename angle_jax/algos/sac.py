@@ -13,18 +13,16 @@ import dataclasses
 
 import chex
 import distrax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos import actor_critic as ac
-from angle_jax.algos.base import Algorithm, Transition, direction_optimizer, hparams_from_config, polyak_update
+from angle_jax.core.kernels import XLA, Kernels
+from angle_jax.core.optim import direction_optimizer, gradient_step, hparams_from_config, polyak_update
+from angle_jax.core.types import AlgoSpec, Algorithm, Transition, bind_kernels
 from angle_jax.envs.base import EnvSpec
-from angle_jax.networks.mlp import MLP, flatten_obs
-from angle_jax.xla_cpu import split_keys
-
-ACTION_KIND = "continuous"
+from angle_jax.networks.policies import SquashedGaussianActor
 
 sac_critic_loss = ac.ensemble_td_loss
 
@@ -40,8 +38,8 @@ class Config(ac.ActorCriticConfig):
     log_std_min: float = -5.0
     log_std_max: float = 2.0
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, num_envs: int | None = None) -> None:
+        super().validate(num_envs)
         ac.require(self, positive=("init_alpha",), non_negative=("alpha_lr",), at_least_one=("num_critics",))
         if self.log_std_min >= self.log_std_max:
             raise ValueError(f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})")
@@ -73,24 +71,6 @@ class SACState:
     step: jax.Array  # gradient updates done so far
 
     shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
-
-
-class SquashedGaussianActor(nn.Module):
-    """obs -> (mean, log_std) of the pre-tanh Gaussian; log_std is squashed into [min, max]."""
-
-    action_dim: int
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    obs_ndim: int = 1
-    log_std_min: float = -5.0
-    log_std_max: float = 2.0
-
-    @nn.compact
-    def __call__(self, obs):
-        out = MLP(self.hidden, self.activation, 2 * self.action_dim)(flatten_obs(obs, self.obs_ndim))
-        mean, raw_log_std = jnp.split(out, 2, axis=-1)
-        unit = 0.5 * (jnp.tanh(raw_log_std) + 1.0)
-        return mean, self.log_std_min + (self.log_std_max - self.log_std_min) * unit
 
 
 # ---- named pieces -------------------------------------------------------------
@@ -143,10 +123,18 @@ def networks(config: Config, spec: EnvSpec):
     return actor, ac.make_critic(config, spec, config.num_critics)
 
 
-def make(config: Config, spec: EnvSpec) -> Algorithm:
+def soft_target(policy, critic, state: SACState, batch: Transition, key: jax.Array, gamma: jax.Array) -> jax.Array:
+    """`soft_q_target` at a' ~ π(·|s') of `state`'s actor, its target critic and its temperature."""
+    next_action, next_log_prob = policy(state.actor_params, batch.next_obs).sample_and_log_prob(seed=key)
+    next_q = critic.apply(state.critic_target, batch.next_obs, next_action)
+    return soft_q_target(next_q, next_log_prob, batch.reward, batch.terminated, gamma, jnp.exp(state.log_alpha))
+
+
+def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """SAC for a continuous-action env whose actions live in [-1, 1]."""
-    actor, critic, tx = ac.build("sac", config, spec, networks)
-    alpha_tx = direction_optimizer()
+    del total_steps
+    actor, critic, tx = ac.build("sac", config, spec, networks, kernels)
+    alpha_tx = kernels.optimizer(direction_optimizer())
     target_entropy = default_target_entropy(spec) if config.target_entropy is None else config.target_entropy
     hparams = hparams_from_config(SACHParams, dataclasses.replace(config, target_entropy=target_entropy))
 
@@ -168,11 +156,9 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
 
     def update(state: SACState, batch: Transition, key: jax.Array):
         hp = state.hparams
-        k_next, k_pi = split_keys(key)
+        k_next, k_pi = kernels.split(key)
         alpha = jnp.exp(state.log_alpha)
-        next_action, next_log_prob = policy(state.actor_params, batch.next_obs).sample_and_log_prob(seed=k_next)
-        next_q = critic.apply(state.critic_target, batch.next_obs, next_action)
-        target = soft_q_target(next_q, next_log_prob, batch.reward, batch.terminated, hp.gamma, alpha)
+        target = soft_target(policy, critic, state, batch, k_next, hp.gamma)
         critic_params, critic_opt, c_loss, q = ac.critic_step(
             critic, tx, state.critic_params, state.critic_opt, batch.obs, batch.action, target, hp.critic_lr,
             config.axis_name, sac_critic_loss)
@@ -181,13 +167,13 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
             action, log_prob = policy(params, batch.obs).sample_and_log_prob(seed=k_pi)
             return sac_actor_loss(critic.apply(critic_params, batch.obs, action), log_prob, alpha), log_prob
 
-        actor_params, actor_opt, a_loss, log_prob = ac.gradient_step(
+        actor_params, actor_opt, a_loss, log_prob = gradient_step(
             actor_objective, tx, state.actor_params, state.actor_opt, hp.actor_lr, config.axis_name)
 
         def alpha_objective(log_alpha):
             return temperature_loss(log_alpha, log_prob, hp.target_entropy), None
 
-        log_alpha, alpha_opt, t_loss, _ = ac.gradient_step(
+        log_alpha, alpha_opt, t_loss, _ = gradient_step(
             alpha_objective, alpha_tx, state.log_alpha, state.alpha_opt, hp.alpha_lr, config.axis_name)
         new_state = SACState(actor_params, critic_params, polyak_update(critic_params, state.critic_target, hp.tau),
                              log_alpha, actor_opt, critic_opt, alpha_opt, hp, state.step + 1)
@@ -195,4 +181,26 @@ def make(config: Config, spec: EnvSpec) -> Algorithm:
                    "entropy": -jnp.mean(log_prob), "q_mean": jnp.mean(q)}
         return new_state, metrics
 
-    return Algorithm(init=init, update=update, act=act, explore=explore, config=config, kind="off_policy")
+    def validation(reference_gamma: float | None = None, actor_weight: float = 0.0):
+        """SAC's meta-objective (`ac.td_validation`): the soft target `soft_target` of the updated
+        actor, target critic and temperature, with a fixed reference γ' (default: the configured
+        γ); the actor term is SAC's actor loss (α held constant)."""
+        gamma = ac.reference(reference_gamma, config.gamma)
+
+        def target(state, batch, key):
+            return soft_target(policy, critic, state, batch, key, gamma)
+
+        def actor_term(state, frozen, obs, key):
+            action, log_prob = policy(state.actor_params, obs).sample_and_log_prob(seed=key)
+            alpha = jax.lax.stop_gradient(jnp.exp(state.log_alpha))
+            return sac_actor_loss(critic.apply(frozen, obs, action), log_prob, alpha)
+
+        return ac.td_validation(critic, target, actor_term, actor_weight)
+
+    return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
+                                  validation=validation, kernels=kernels))
+
+
+SPEC = AlgoSpec(name="sac", loop="off_policy", action_kind="continuous", Config=Config, make=make,
+                presets={"Pendulum-v1": "sac_pendulum.yaml", "HalfCheetah-v4": "sac_halfcheetah.yaml"},
+                meta_options=("reference_gamma", "actor_weight"))

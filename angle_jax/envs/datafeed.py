@@ -469,15 +469,11 @@ def _factory(name: str, actions: str | None):
     return factory
 
 
-def _register() -> None:
-    from angle_jax.registry import register_env
-
-    register_env("DataFeed-v0", _factory("DataFeed-v0", None), overwrite=True)
-    register_env("DataFeedDiscrete-v0", _factory("DataFeedDiscrete-v0", "discrete"), overwrite=True)
-    register_env("DataFeedContinuous-v0", _factory("DataFeedContinuous-v0", "continuous"), overwrite=True)
-
-
-_register()
+def env_factories() -> dict[str, Any]:
+    """The data-feed env names and their factories `factory(num_envs, **kwargs)` (for the registry)."""
+    return {"DataFeed-v0": _factory("DataFeed-v0", None),
+            "DataFeedDiscrete-v0": _factory("DataFeedDiscrete-v0", "discrete"),
+            "DataFeedContinuous-v0": _factory("DataFeedContinuous-v0", "continuous")}
 
 __all__ = ["DATAFEED_ENV_NAMES", "DataFeedConfig", "DataFeedEnv", "DataFeedState", "SAMPLE_DATA",
-           "buy_and_hold_return", "config_from_kwargs", "load_series", "play_report"]
+           "buy_and_hold_return", "config_from_kwargs", "env_factories", "load_series", "play_report"]

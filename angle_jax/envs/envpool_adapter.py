@@ -32,10 +32,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from flax import struct
 from jax.experimental import io_callback
 
+from angle_jax.core.types import UnknownNameError
 from angle_jax.envs.base import Box, Discrete, Env, EnvSpec, TimeStep
 
 INSTALL_HINT = "pip install 'angle_jax[atari]'"
@@ -111,8 +113,6 @@ def resolve_name(name: str) -> tuple[str, dict]:
     names = envpool_names()
     if name in names:
         return names[name]
-    from angle_jax.registry import UnknownNameError
-
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownNameError(f"unknown envpool env {name!r}{hint} (see docs/envpool.md for the names)")
@@ -130,8 +130,6 @@ def xla_supported() -> tuple[bool, str]:
     """Whether envpool's XLA interface can run with this platform and jaxlib, and why not."""
     if sys.platform != "linux":
         return False, f"envpool's XLA interface is Linux-only (this is {sys.platform})"
-    import jaxlib
-
     version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
     if version < (0, 9, 1):
         return False, f"jaxlib {jaxlib.__version__} is older than 0.9.1 (XLA FFI API mismatch); pip install -U jax jaxlib"
@@ -329,15 +327,6 @@ def _factory(name: str):
     return factory
 
 
-def register_all() -> None:
-    """Register every envpool name (static lists; envpool itself is not imported)."""
-    from angle_jax.registry import register_env
-
-    for name in envpool_names():
-        try:
-            register_env(name, _factory(name))
-        except ValueError:  # already registered (module reloaded, or a user override)
-            pass
-
-
-register_all()
+def env_factories() -> dict[str, Any]:
+    """Every envpool name and its factory, for the registry (static lists; envpool itself is not imported)."""
+    return {name: _factory(name) for name in envpool_names()}

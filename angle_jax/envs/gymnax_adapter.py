@@ -1,23 +1,31 @@
 """gymnax envs under the batched protocol: vmapped, auto-reset, truncation kept apart."""
 from __future__ import annotations
 
+import functools
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from angle_jax.envs.base import Box, Discrete, Env, EnvSpec, TimeStep
+from angle_jax.envs.render import render_gymnax
+
+
+@functools.cache
+def _gymnax():
+    """gymnax, imported on first use: importing it builds arrays, which starts JAX's backend,
+    and that must wait until a multi-process job has joined (`jax.distributed.initialize`)."""
+    return importlib.import_module("gymnax")
 
 
 def gymnax_names() -> list[str]:
-    import gymnax
-
     # MNISTBandit downloads a dataset at construction time: not usable offline.
-    return [n for n in gymnax.registered_envs if n != "MNISTBandit-bsuite"]
+    return [n for n in _gymnax().registered_envs if n != "MNISTBandit-bsuite"]
 
 
 def _space_from_gymnax(space) -> Discrete | Box:
-    from gymnax.environments import spaces
-
+    spaces = _gymnax().environments.spaces
     if isinstance(space, spaces.Discrete):
         return Discrete(int(space.n))
     if isinstance(space, spaces.Box):
@@ -35,9 +43,7 @@ class GymnaxEnv(Env):
     """
 
     def __init__(self, name: str, num_envs: int, **param_overrides):
-        import gymnax
-
-        self.gymnax_env, params = gymnax.make(name)
+        self.gymnax_env, params = _gymnax().make(name)
         if param_overrides:
             params = params.replace(**param_overrides)
         self.params = params
@@ -89,7 +95,5 @@ class GymnaxEnv(Env):
         return state, ts
 
     def render(self, state, index: int = 0) -> np.ndarray:
-        from angle_jax.envs.render import render_gymnax
-
         one = jax.tree.map(lambda x: np.asarray(x)[index], state)
         return render_gymnax(self.spec.name, self.gymnax_env, one, self.params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -97,8 +98,6 @@ def render_gymnax(name: str, env, state, params) -> np.ndarray:
         return np.asarray(_acrobot(float(state.joint_angle1), float(state.joint_angle2)))
     if name in ("MountainCar-v0", "MountainCarContinuous-v0"):
         return np.asarray(_mountain_car(float(state.position)))
-    import jax
-
     obs = env.get_obs(state, params) if hasattr(env, "get_obs") else None
     if obs is None:
         obs = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(state)])

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from angle_jax.core.types import MetaLearner
 from angle_jax.envs.base import EnvSpec
-from angle_jax.training.off_policy import MetaLearner
 
 AUXILIARY_NAMES = ("forecast", "risk")
 

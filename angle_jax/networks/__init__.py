@@ -1,3 +1,13 @@
-from angle_jax.networks.mlp import MLP, DeterministicActor, QEnsemble, activation, flatten_obs
+"""Plain flax networks: MLPs, actors and critics, Q-networks with their torsos and heads, CNNs."""
+from angle_jax.networks.cnn import MinAtarTorso, NatureCNN, scale_frames
+from angle_jax.networks.heads import (CategoricalHead, DenseStack, DuelingHead, NoisyDense, QHead, QNetwork,
+                                      dueling_combine, resolve_torso)
+from angle_jax.networks.initializers import orthogonal
+from angle_jax.networks.mlp import ACTIVATIONS, MLP, DeterministicActor, QEnsemble, activation, flatten_obs
+from angle_jax.networks.policies import (ActorCritic, Critic, ImageTorso, MLPTorso, SquashedGaussianActor, make_torso,
+                                         policy_distribution)
 
-__all__ = ["MLP", "DeterministicActor", "QEnsemble", "activation", "flatten_obs"]
+__all__ = ["ACTIVATIONS", "ActorCritic", "CategoricalHead", "Critic", "DenseStack", "DeterministicActor", "DuelingHead",
+           "ImageTorso", "MLP", "MLPTorso", "MinAtarTorso", "NatureCNN", "NoisyDense", "QEnsemble", "QHead",
+           "QNetwork", "SquashedGaussianActor", "activation", "dueling_combine", "flatten_obs", "make_torso",
+           "orthogonal", "policy_distribution", "resolve_torso", "scale_frames"]

@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from angle_jax.networks.cnn import Conv, NatureCNN
+from angle_jax.networks.cnn import MinAtarTorso, NatureCNN
 from angle_jax.networks.mlp import activation as get_activation
-from angle_jax.networks.mlp import flatten_obs
+from angle_jax.networks.mlp import as_float, flatten_obs
 
 TORSOS = ("auto", "mlp", "minatar", "nature")
 
@@ -61,7 +61,7 @@ class NoisyDense(nn.Module):
         sigma_w = self.param("sigma_kernel", sigma_init, (fan_in, self.features))
         mu_b = self.param("mu_bias", _symmetric_uniform(bound), (self.features,))
         sigma_b = self.param("sigma_bias", sigma_init, (self.features,))
-        x = x.astype(jnp.float32)
+        x = as_float(x)
         y = x @ mu_w + mu_b
         if key is None:
             return y
@@ -173,29 +173,13 @@ class DuelingHead(nn.Module):
 # ---- torsos ---------------------------------------------------------------------
 
 class VectorTorso(nn.Module):
-    """Flat float32 features from vector (or any) observations."""
+    """Flat float features from vector (or any) observations."""
 
     obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs):
         return flatten_obs(obs, self.obs_ndim)
-
-
-class MinAtarTorso(nn.Module):
-    """One 3x3 conv with 16 channels (Young & Tian 2019) on `[..., 10, 10, C]` grids.
-
-    MinAtar observations are 0/1 (stored as uint8), so they are cast, not scaled.
-    """
-
-    channels: int = 16
-
-    @nn.compact
-    def __call__(self, obs):
-        x = obs.astype(jnp.float32)
-        batch_shape = x.shape[:-3]
-        x = nn.relu(Conv(self.channels, 3)(x.reshape(-1, *x.shape[-3:])))
-        return x.reshape(*batch_shape, -1)
 
 
 def resolve_torso(torso: str, obs_shape: tuple[int, ...]) -> tuple[str, bool]:

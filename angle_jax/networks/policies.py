@@ -13,7 +13,6 @@ entropy bonus and approx-KL use.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import distrax
@@ -22,14 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from angle_jax.networks.cnn import Conv
+from angle_jax.networks.cnn import MinAtarTorso, NatureCNN
 from angle_jax.networks.initializers import orthogonal
-from angle_jax.networks.mlp import activation as get_activation, dense_stack
-
-
-def to_float(obs: jax.Array) -> jax.Array:
-    """Cast observations (e.g. uint8 MinAtar planes, values 0/1) to float32 without rescaling."""
-    return obs.astype(jnp.float32)
+from angle_jax.networks.mlp import MLP, as_float, flatten_obs
+from angle_jax.networks.mlp import activation as get_activation
 
 
 class MLPTorso(nn.Module):
@@ -43,29 +38,10 @@ class MLPTorso(nn.Module):
     def __call__(self, obs):
         act = get_activation(self.activation)
         batch_shape = obs.shape[: obs.ndim - self.obs_ndim]
-        x = to_float(obs).reshape(*batch_shape, -1)
+        x = as_float(obs).reshape(*batch_shape, -1)
         for width in self.hidden:
             x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)), bias_init=nn.initializers.zeros)(x))
         return x
-
-
-class MinAtarTorso(nn.Module):
-    """Small CNN for `[10, 10, C]` grids: one 3x3 conv (16 channels), then dense layers."""
-
-    hidden: Sequence[int] = (128,)
-    activation: str = "relu"
-    channels: int = 16
-
-    @nn.compact
-    def __call__(self, obs):
-        act = get_activation(self.activation)
-        batch_shape = obs.shape[:-3]
-        x = to_float(obs).reshape(-1, *obs.shape[-3:])
-        x = act(Conv(self.channels, 3, kernel_init=orthogonal(np.sqrt(2)))(x))
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)))(x))
-        return x.reshape(*batch_shape, -1)
 
 
 class ImageTorso(nn.Module):
@@ -80,12 +56,10 @@ class ImageTorso(nn.Module):
     def __call__(self, obs):
         spatial = obs.shape[-3:]
         if max(spatial) > 32:
-            from angle_jax.networks.cnn import NatureCNN
-
             channels_first = spatial[0] < min(spatial[1:])
             features = self.hidden[0] if self.hidden else 512
             return NatureCNN(features=features, channels_first=channels_first)(obs)
-        return MinAtarTorso(tuple(self.hidden), self.activation)(obs)
+        return MinAtarTorso(tuple(self.hidden), self.activation, kernel_init=orthogonal(np.sqrt(2)))(obs)
 
 
 def make_torso(kind: str, hidden: Sequence[int], activation: str, obs_ndim: int, name: str | None = None):
@@ -134,32 +108,9 @@ class ActorCritic(nn.Module):
         return out, jnp.broadcast_to(self.log_std, out.shape)
 
     def __call__(self, obs):
-        if self._mlp_torsos() and not self.is_initializing():
-            return self._stacked(obs)
         features = self.actor_torso(obs)
         critic_features = features if self.shared_torso else self.critic_torso(obs)
         return self.policy_outputs(features), self.value_head(critic_features)[..., 0]
-
-    def _mlp_torsos(self) -> bool:
-        return isinstance(self.actor_torso, MLPTorso) and not self.shared_torso
-
-    def _stacked(self, obs):
-        """`__call__` for separate MLP torsos: each of actor and critic as one `dense_stack`
-        over the same parameters (same function, faster gradients on CPU)."""
-        params = self.variables["params"]
-
-        def layers(torso, head):
-            dense = [params[torso][f"Dense_{i}"] for i in range(len(self.hidden))] + [params[head]]
-            return tuple((d["kernel"], d["bias"]) for d in dense)
-
-        batch_shape = obs.shape[: obs.ndim - self.obs_ndim]
-        x = to_float(obs).reshape(-1, math.prod(obs.shape[len(batch_shape):]))
-        logits = dense_stack(self.activation, layers("actor_torso", "policy_head"), x)
-        values = dense_stack(self.activation, layers("critic_torso", "value_head"), x)
-        out = logits.reshape(*batch_shape, self.action_dim)
-        if not self.discrete:
-            out = (out, jnp.broadcast_to(self.log_std, out.shape))
-        return out, values.reshape(batch_shape)
 
     def actor_outputs(self, obs):
         """Policy outputs only (no critic pass): what acting needs."""
@@ -190,3 +141,21 @@ def policy_distribution(outputs, discrete: bool) -> distrax.Distribution:
         return distrax.Categorical(logits=outputs)
     mean, log_std = outputs
     return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
+
+
+class SquashedGaussianActor(nn.Module):
+    """obs -> (mean, log_std) of the pre-tanh Gaussian; log_std is squashed into [min, max]."""
+
+    action_dim: int
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    obs_ndim: int = 1
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    @nn.compact
+    def __call__(self, obs):
+        out = MLP(tuple(self.hidden), self.activation, 2 * self.action_dim)(flatten_obs(obs, self.obs_ndim))
+        mean, raw_log_std = jnp.split(out, 2, axis=-1)
+        unit = 0.5 * (jnp.tanh(raw_log_std) + 1.0)
+        return mean, self.log_std_min + (self.log_std_max - self.log_std_min) * unit

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.xla_cpu import computed_once
+from angle_jax.core.kernels import XLA, Kernels
 
 
 @struct.dataclass
@@ -37,11 +37,13 @@ class ReplayBuffer(NamedTuple):
     update_priorities: Callable[..., BufferState] | None = None
 
 
-def uniform_replay(capacity: int, batch_size: int, min_size: int | None = None) -> ReplayBuffer:
+def uniform_replay(capacity: int, batch_size: int, min_size: int | None = None,
+                   kernels: Kernels = XLA) -> ReplayBuffer:
     """Uniform sampling with replacement from the valid rows of every env.
 
     `capacity` is rows per env; a sample draws a row in `[0, size)` and an env
-    index independently, so every stored transition is equally likely.
+    index independently, so every stored transition is equally likely. The sampled
+    indices are computed once (`kernels.once`) for all the gathers that read them.
     """
     if capacity <= 0:
         raise ValueError(f"capacity must be positive, got {capacity}")
@@ -66,8 +68,7 @@ def uniform_replay(capacity: int, batch_size: int, min_size: int | None = None) 
         k_row, k_env = jax.random.split(key)
         rows = jax.random.randint(k_row, (batch_size,), 0, jnp.maximum(state.size, 1))
         envs = jax.random.randint(k_env, (batch_size,), 0, num_envs)
-        # behind a barrier, so XLA's passes before fusion keep one index computation for all gathers
-        rows, envs = computed_once((rows, envs))
+        rows, envs = kernels.once((rows, envs))
         return jax.tree.map(lambda d: d[rows, envs], state.data)
 
     def can_sample(state: BufferState) -> jax.Array:

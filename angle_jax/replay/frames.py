@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import NStepBatch, Transition
 from angle_jax.replay.buffer import ReplayBuffer
-from angle_jax.replay.nstep import NStepBatch, window_mask
+from angle_jax.replay.nstep import window_mask
 
 
 @struct.dataclass

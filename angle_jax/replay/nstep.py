@@ -14,56 +14,17 @@ that same env. A window is cut
 The buffer returns per-step rewards `[B, n]` and their mask instead of a
 discounted sum, because γ lives in the agent's traced hyperparameters (so it can
 be swept with `vmap` or meta-learned) and the buffer must not bake it in;
-`nstep_return` turns them into the return and bootstrap discount for any γ.
+`angle_jax.core.returns.nstep_return` turns them into the return and bootstrap discount for
+any γ.
 """
 from __future__ import annotations
 
 import chex
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import NStepBatch, Transition
 from angle_jax.replay.buffer import BufferState, ReplayBuffer, uniform_replay
-
-
-@struct.dataclass
-class NStepBatch:
-    """A batch of n-step transitions (B = batch size).
-
-    obs, action: the sampled transition's; rewards, mask: `[B, n]` per-step
-    rewards and 1.0 for the steps inside the window (rewards are zero outside);
-    terminated: `[B]` the window's last step ended the episode (no bootstrap);
-    next_obs: successor of the window's last step (bootstrap observation);
-    index: `[B]` flat slot `row * num_envs + env` (for priority updates);
-    weights: `[B]` importance weights (ones for uniform sampling).
-    """
-
-    obs: jax.Array
-    action: jax.Array
-    rewards: jax.Array
-    mask: jax.Array
-    terminated: jax.Array
-    next_obs: jax.Array
-    index: jax.Array
-    weights: jax.Array
-
-
-def nstep_return(rewards: jax.Array, mask: jax.Array, terminated: jax.Array,
-                 gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Discounted window return Σ_k γ^k r_k and bootstrap discount γ^m (1 - terminated).
-
-    rewards, mask: `[B, n]`; terminated: `[B]`; m = number of steps in the window.
-    """
-    chex.assert_rank([rewards, mask, terminated], [2, 2, 1])
-    chex.assert_equal_shape([rewards, mask])
-    chex.assert_shape(terminated, rewards.shape[:1])
-    n = rewards.shape[1]
-    powers = gamma ** jnp.arange(n, dtype=jnp.float32)
-    returns = jnp.sum(rewards * mask * powers, axis=1)
-    steps = jnp.sum(mask, axis=1)
-    discount = (gamma ** steps) * (1.0 - terminated.astype(jnp.float32))
-    return returns, discount
 
 
 def window_mask(age: jax.Array, done: jax.Array) -> jax.Array:
@@ -110,23 +71,6 @@ def gather_nstep(data: Transition, pos: jax.Array, rows: jax.Array, envs: jax.Ar
         next_obs=data.next_obs[last_rows, envs],
         index=(rows * num_envs + envs).astype(jnp.int32),
         weights=weights,
-    )
-
-
-def as_nstep_batch(batch: Transition | NStepBatch) -> NStepBatch:
-    """View a plain batch of one-step Transitions as an NStepBatch with n = 1."""
-    if isinstance(batch, NStepBatch):
-        return batch
-    b = batch.reward.shape[0]
-    return NStepBatch(
-        obs=batch.obs,
-        action=batch.action,
-        rewards=batch.reward.astype(jnp.float32)[:, None],
-        mask=jnp.ones((b, 1), jnp.float32),
-        terminated=batch.terminated,
-        next_obs=batch.next_obs,
-        index=jnp.full((b,), -1, jnp.int32),
-        weights=jnp.ones((b,), jnp.float32),
     )
 
 

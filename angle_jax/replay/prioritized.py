@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import Transition
+from angle_jax.core.types import NStepBatch, Transition
 from angle_jax.replay.buffer import BufferState, ReplayBuffer, uniform_replay
-from angle_jax.replay.nstep import NStepBatch, gather_nstep
+from angle_jax.replay.nstep import gather_nstep
 
 
 # ---- trees ----------------------------------------------------------------------

@@ -7,24 +7,25 @@ steps: explore, env step, replay add, and every `train_frequency` steps
 `train(key)` for the whole budget in one call (the PureJaxRL shape).
 An algorithm with stateful exploration (`Algorithm.exploration`) has its
 state carried along and reset per env when that env's episode ends.
-Everything is written for one seed; `seed_axes` says how to `vmap` a carry
-over seeds while the step counters stay shared.
+Everything is written for one seed; `angle_jax.core.seed_axes` says how to
+`vmap` a carry over seeds while the step counters stay shared. Key splits and
+replay indices are computed once as the algorithm's kernels say
+(`Algorithm.kernels`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.base import Algorithm, Transition
+from angle_jax.core.types import Algorithm, MetaLearner, Transition
 from angle_jax.envs.base import Env, random_actions
-from angle_jax.replay.buffer import BufferState, uniform_replay
-from angle_jax.training.axes import seed_axes
-from angle_jax.xla_cpu import split_keys
+from angle_jax.replay.buffer import uniform_replay
+from angle_jax.training.evaluate import make_evaluate
+from angle_jax.training.reporting import EpisodeAccumulator, nan_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,33 +38,6 @@ class OffPolicyLoop:
     learning_starts_iters: int
     train_frequency: int
     gradient_steps: int
-
-
-def loop_from_config(cfg) -> OffPolicyLoop:
-    """Translate a run config (budget in env steps) into loop sizes in iterations."""
-    return OffPolicyLoop(
-        num_envs=cfg.num_envs,
-        capacity_per_env=max(1, cfg.buffer_size // cfg.num_envs),
-        batch_size=cfg.batch_size,
-        learning_starts_iters=math.ceil(cfg.learning_starts / cfg.num_envs),
-        train_frequency=cfg.train_frequency,
-        gradient_steps=cfg.gradient_steps,
-    )
-
-
-class MetaLearner(NamedTuple):
-    """A learner that runs beside the algorithm every `interval` learning iterations.
-
-    init(key, agent_state, spec) -> meta_state
-    update(meta_state, agent_state, batch, key) -> (meta_state, agent_state, metrics)
-    `update` may change the agent state (e.g. meta-learned hyperparameters). In the
-    off-policy loop it sees a replay batch drawn for it alone; in the on-policy loop
-    (training/on_policy.py), the fresh rollout, before the agent learns from it.
-    """
-
-    init: Callable[..., Any]
-    update: Callable[..., tuple[Any, Any, dict]]
-    interval: int
 
 
 @struct.dataclass
@@ -80,75 +54,6 @@ class OffPolicyCarry:
     shared_fields = ("iteration",)
 
 
-@struct.dataclass
-class EpisodeAccumulator:
-    """Running sums over the episodes that end within one chunk."""
-
-    count: jax.Array
-    return_sum: jax.Array
-    return_min: jax.Array
-    return_max: jax.Array
-    length_sum: jax.Array
-
-    @classmethod
-    def zeros(cls):
-        f = jnp.zeros((), jnp.float32)
-        return cls(f, f, jnp.full((), jnp.inf), jnp.full((), -jnp.inf), f)
-
-    def add(self, info: dict) -> "EpisodeAccumulator":
-        done = info["episode_done"]
-        ret = info["episode_return"]
-        return EpisodeAccumulator(
-            self.count + jnp.sum(done),
-            self.return_sum + jnp.sum(jnp.where(done, ret, 0.0)),
-            jnp.minimum(self.return_min, jnp.min(jnp.where(done, ret, jnp.inf))),
-            jnp.maximum(self.return_max, jnp.max(jnp.where(done, ret, -jnp.inf))),
-            self.length_sum + jnp.sum(jnp.where(done, info["episode_length"], 0)),
-        )
-
-    @staticmethod
-    def per_env(num_envs: int) -> jax.Array:
-        """Running statistics kept per env, `[5, num_envs]` with rows in field order: updated by
-        `add_per_env` in one fused kernel per step (instead of `add`'s five reductions), folded
-        into an accumulator by `merge` when a rollout ends."""
-        zero = jnp.zeros((num_envs,), jnp.float32)
-        return jnp.stack([zero, zero, zero + jnp.inf, zero - jnp.inf, zero])
-
-    @staticmethod
-    def add_per_env(stats: jax.Array, info: dict) -> jax.Array:
-        done = info["episode_done"]
-        ret = info["episode_return"].astype(jnp.float32)
-        return jnp.stack([
-            stats[0] + done.astype(jnp.float32),
-            stats[1] + jnp.where(done, ret, 0.0),
-            jnp.minimum(stats[2], jnp.where(done, ret, jnp.inf)),
-            jnp.maximum(stats[3], jnp.where(done, ret, -jnp.inf)),
-            stats[4] + jnp.where(done, info["episode_length"], 0).astype(jnp.float32),
-        ])
-
-    def merge(self, stats: jax.Array) -> "EpisodeAccumulator":
-        """Add the episodes of per-env statistics (`per_env`, `add_per_env`)."""
-        return EpisodeAccumulator(
-            self.count + jnp.sum(stats[0]),
-            self.return_sum + jnp.sum(stats[1]),
-            jnp.minimum(self.return_min, jnp.min(stats[2])),
-            jnp.maximum(self.return_max, jnp.max(stats[3])),
-            self.length_sum + jnp.sum(stats[4]),
-        )
-
-    def summary(self) -> dict:
-        n = jnp.maximum(self.count, 1.0)
-        nan = jnp.full((), jnp.nan)
-        has = self.count > 0
-        return {
-            "episodes": self.count,
-            "episode_return_mean": jnp.where(has, self.return_sum / n, nan),
-            "episode_return_min": jnp.where(has, self.return_min, nan),
-            "episode_return_max": jnp.where(has, self.return_max, nan),
-            "episode_length_mean": jnp.where(has, self.length_sum / n, nan),
-        }
-
-
 class OffPolicyTrain(NamedTuple):
     init: Callable[[jax.Array], OffPolicyCarry]
     run: Callable[[OffPolicyCarry, int], tuple[OffPolicyCarry, dict]]
@@ -156,30 +61,6 @@ class OffPolicyTrain(NamedTuple):
     train: Callable[[jax.Array, int], tuple[OffPolicyCarry, dict]]
     loop: OffPolicyLoop
     steps_per_iteration: int  # env steps (summed over envs) per loop iteration
-
-
-def make_evaluate(algo: Algorithm, eval_env: Env) -> Callable[[Any, jax.Array], jax.Array]:
-    """Deterministic evaluation: one episode per eval env, returns `[num_envs]` episode returns."""
-    horizon = eval_env.spec.max_episode_steps
-
-    def evaluate(agent: Any, key: jax.Array) -> jax.Array:
-        k_reset, k_steps = jax.random.split(key)
-        obs, env_state = eval_env.reset(k_reset)
-        n = eval_env.spec.num_envs
-
-        def body(c, k):
-            env_state, obs, total, alive = c
-            env_state, ts = eval_env.step(env_state, algo.act(agent, obs), k)
-            reward = ts.info.get("raw_reward", ts.reward)
-            total = total + jnp.where(alive, reward, 0.0)
-            alive = jnp.logical_and(alive, jnp.logical_not(ts.info.get("episode_end", ts.done)))
-            return (env_state, ts.obs, total, alive), None
-
-        init = (env_state, obs, jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.bool_))
-        (_, _, total, _), _ = jax.lax.scan(body, init, jax.random.split(k_steps, horizon))
-        return total
-
-    return evaluate
 
 
 def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | None = None,
@@ -191,7 +72,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     if algo.make_buffer is not None:
         buffer = algo.make_buffer(loop)
     else:
-        buffer = uniform_replay(loop.capacity_per_env, loop.batch_size)
+        buffer = uniform_replay(loop.capacity_per_env, loop.batch_size, kernels=algo.kernels)
+    split_keys = algo.kernels.split
     feeds_priorities = buffer.update_priorities is not None
     exploration = algo.exploration
 
@@ -260,8 +142,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         (agent, buffer_state), metrics = jax.lax.cond(
             should_learn,
             lambda: learn(carry.agent, buffer_state, k_learn),
-            lambda: ((carry.agent, buffer_state),
-                     jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), metric_shapes)),
+            lambda: ((carry.agent, buffer_state), nan_like(metric_shapes)),
         )
         meta_state = carry.meta
         if meta is not None:
@@ -276,7 +157,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
             meta_shapes = jax.eval_shape(run_meta)[2]
             meta_state, agent, meta_metrics = jax.lax.cond(
                 do_meta, run_meta,
-                lambda: (carry.meta, agent, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), meta_shapes)))
+                lambda: (carry.meta, agent, nan_like(meta_shapes)))
             metrics = {**metrics, **meta_metrics}
         carry = OffPolicyCarry(agent, buffer_state, env_state, ts.obs, key, carry.iteration + 1, meta_state,
                                explore_state)

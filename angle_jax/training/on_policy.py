@@ -11,7 +11,7 @@ then calls `algo.update(agent, rollout, key)` (the algorithm's own
 fresh rollout and the agent that collected it, and may rewrite the agent's
 hyperparameters before `algo.update` learns from the same rollout. Everything
 is written for one seed; the carry's `iteration` counter is shared when
-vmapping over seeds (training/axes.py), so the meta step is a real `lax.cond`
+vmapping over seeds (`angle_jax.core.seed_axes`), so the meta step is a real `lax.cond`
 branch under vmap.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from angle_jax.algos.base import Algorithm
+from angle_jax.core.types import Algorithm, MetaLearner, Module, ModuleOutput, Rollout
 from angle_jax.envs.base import Box, Env
-from angle_jax.training.modules import Module, Rollout, apply_outputs, make_modules
-from angle_jax.training.off_policy import EpisodeAccumulator, MetaLearner, make_evaluate
+from angle_jax.training.evaluate import make_evaluate
+from angle_jax.training.reporting import EpisodeAccumulator, nan_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +111,17 @@ def _pack_per_env(tree: Any, n: int):
     return pack, unpack
 
 
+def apply_outputs(rollout: Rollout, outputs: list[ModuleOutput]) -> Rollout:
+    """Add the modules' reward and advantage contributions to the rollout the algorithm sees."""
+    reward, bonus = rollout.reward, rollout.advantage_bonus
+    for out in outputs:
+        if out.reward is not None:
+            reward = reward + out.reward
+        if out.advantage is not None:
+            bonus = bonus + out.advantage
+    return rollout.replace(reward=reward, advantage_bonus=bonus)
+
+
 def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Array, key: jax.Array,
             length: int, episodes: EpisodeAccumulator, step0: jax.Array):
     """`length` vectorised env steps with `algo.explore`; returns the rollout and the env carry."""
@@ -134,11 +145,6 @@ def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Arra
     episodes = episodes.merge(stats)
     rollout = Rollout(o, a, r.astype(jnp.float32), term, trunc, nxt, jnp.zeros_like(r, jnp.float32))
     return rollout, env_state, obs, episodes
-
-
-def nan_like(shapes: Any) -> Any:
-    """NaNs shaped like `shapes` (metrics of a step that did not run; `nanmean` skips them)."""
-    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
 
 def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | None = None,
@@ -220,32 +226,3 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         return run(init(key), num_iters)
 
     return OnPolicyTrain(init, run, evaluate, train, loop, steps_per_iteration)
-
-
-def build(run_config, env: Env, eval_env: Env | None = None) -> OnPolicyTrain:
-    """The on-policy run described by a `RunConfig` (algo, agent settings, modules, budget)."""
-    from angle_jax import registry
-
-    source = registry.load_algo(run_config.algo)
-    if getattr(source, "LOOP", "off_policy") != "on_policy":
-        raise ValueError(f"algo {run_config.algo!r} does not run in the on-policy loop")
-    agent_config = run_config.agent if run_config.agent is not None else source.Config()
-    if not isinstance(agent_config, source.Config):
-        raise ValueError(f"agent settings are a {type(agent_config).__name__}, "
-                         f"expected {run_config.algo}'s Config")
-    if env.spec.num_envs != run_config.num_envs:
-        raise ValueError(f"env has {env.spec.num_envs} envs, run config asks for {run_config.num_envs}")
-    agent_config.validate(run_config.num_envs)
-    steps = agent_config.rollout_length * run_config.num_envs
-    if run_config.total_steps < steps:
-        raise ValueError(f"total_steps ({run_config.total_steps}) is smaller than one iteration "
-                         f"(rollout_length * num_envs = {steps})")
-    modules = make_modules(run_config.modules, run_config.module_kwargs, env.spec)
-    algo = source.make(agent_config, env.spec, total_steps=run_config.total_steps)
-    meta = None
-    if run_config.meta or run_config.auxiliary:
-        from angle_jax.meta import build_meta_learner
-
-        meta = build_meta_learner(run_config, algo, env.spec)
-    loop = OnPolicyLoop(run_config.num_envs, agent_config.rollout_length, run_config.total_steps // steps)
-    return make_train(algo, env, loop, eval_env, modules, meta)

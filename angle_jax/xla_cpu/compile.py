@@ -1,14 +1,16 @@
-"""Code-generation choices for XLA:CPU that make small RL programs faster.
-
-Only how the same computation is compiled changes; results are identical, except
-that wider vectors (`loop_options`) reorder float reductions.
-"""
+"""How programs are compiled and lowered for XLA:CPU; only the spelling changes, the results
+are identical (except that wider vectors, `loop_options`, reorder float reductions)."""
 from __future__ import annotations
 
 import contextlib
 import functools
 
 import jax
+try:  # JAX internals: where they moved, threefry is lowered as JAX lowers it
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as _threefry
+except ImportError:
+    mlir = _threefry = None
 
 
 def run_once_options() -> dict:
@@ -21,7 +23,7 @@ def run_once_options() -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_has_avx512() -> bool:
+def cpu_has_avx512() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             return any(line.startswith("flags") and " avx512f" in line for line in f)
@@ -34,7 +36,7 @@ def loop_options() -> dict:
     registers. XLA:CPU prefers 256-bit vectors by default; the 512-bit code ran TD3's step
     13-18% faster on an AMD EPYC (benchmarks/RESULTS.md). Reductions are vectorised
     differently, so float results change in the last bits (not run to run)."""
-    if jax.default_backend() == "cpu" and _cpu_has_avx512():
+    if jax.default_backend() == "cpu" and cpu_has_avx512():
         return {"xla_cpu_prefer_vector_width": 512}
     return {}
 
@@ -47,14 +49,12 @@ def unrolled_threefry():
     inside a training loop that runs every step, each trip costs a few thunk
     launches, and a TD3 step spends ~25% of its time there (benchmarks/RESULTS.md).
     The unrolled form is the one JAX uses on GPU/TPU and gives identical bits.
-    Falls back to doing nothing if JAX's internals differ from the version tested.
+    Does nothing if JAX's internals differ from the version tested.
     """
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as tf
-
-        prim, unrolled, rolled = tf.threefry2x32_p, tf._threefry2x32_lowering_rule, tf._threefry2x32_cpu_lowering_rule
-    except (ImportError, AttributeError):
+    prim = getattr(_threefry, "threefry2x32_p", None)
+    unrolled = getattr(_threefry, "_threefry2x32_lowering_rule", None)
+    rolled = getattr(_threefry, "_threefry2x32_cpu_lowering_rule", None)
+    if mlir is None or prim is None or unrolled is None or rolled is None:
         yield
         return
     mlir.register_lowering(prim, unrolled, platform="cpu")
@@ -64,19 +64,12 @@ def unrolled_threefry():
         mlir.register_lowering(prim, rolled, platform="cpu")
 
 
-def split_keys(key: jax.Array, num: int = 2) -> jax.Array:
-    """`jax.random.split(key, num)` behind an optimisation barrier (`computed_once`).
-
-    Measured when a run is traced without vmap (as runs on external envs such as envpool
-    are): SAC's Pendulum loop, in a variant with hand-written dense layers, compiled in
-    6.8 s without the barriers and 2.9 s with them (benchmarks/RESULTS.md). Same values."""
-    return computed_once(jax.random.split(key, num))
-
-
 def computed_once(tree):
     """`tree` as it is, behind `jax.lax.optimization_barrier`: XLA's passes cannot move or
     duplicate computation across it while it stands. XLA:CPU removes the barrier before it
     fuses (it is absent from the compiled program), so it does not decide fusions: e.g. it
-    does not stop a reduction from being fused into a concatenation (`algos.base.flattened`)."""
+    does not stop a reduction from being fused into a concatenation (`flattened`). Measured
+    when a run is traced without vmap (as runs on external envs such as envpool are): SAC's
+    Pendulum loop, in a variant with hand-written dense layers, compiled in 6.8 s without
+    barriers on its key splits and 2.9 s with them (benchmarks/RESULTS.md). Same values."""
     return jax.lax.optimization_barrier(tree)
-

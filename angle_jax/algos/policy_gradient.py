@@ -1,0 +1,125 @@
+"""What the on-policy actor-critics (PPO, A2C) share: their settings and checks, the
+actor-critic network, acting, learning-rate annealing, advantage normalisation and the
+entropy bonus.
+
+Each algorithm's `Config` extends `OnPolicyConfig` with its own fields and overrides only
+the defaults that differ; the defaults here are PPO's.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from angle_jax.envs.base import EnvSpec
+from angle_jax.networks.mlp import ACTIVATIONS
+from angle_jax.networks.policies import ActorCritic, policy_distribution
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyConfig:
+    """Rollout, network and optimizer settings. Sizes and flags are static; the floats
+    are copied into the algorithm's traced hyperparameters."""
+
+    rollout_length: int = 128
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    torso: str = "auto"
+    shared_torso: bool = False
+    log_std_init: float = 0.0
+    anneal_lr: bool = True
+    normalize_advantages: bool = True
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+    learning_rate: float = 2.5e-4
+    gamma: float = 0.99
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    axis_name: str | None = None
+
+    def validate(self, num_envs: int | None = None) -> None:
+        if self.rollout_length < 1:
+            raise ValueError(f"rollout_length must be >= 1, got {self.rollout_length}")
+        if not self.hidden or any(w <= 0 for w in self.hidden):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.torso not in ("auto", "mlp", "cnn"):
+            raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn' (Nature CNN for [4, 84, 84] frames, MinAtar CNN for [10, 10, C] grids), got {self.torso!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if num_envs is not None and num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+
+
+# ---- named pieces -------------------------------------------------------------
+
+def normalize_advantages(advantages: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Zero mean, unit standard deviation over the (mini)batch."""
+    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
+
+
+def entropy_bonus(entropy: jax.Array) -> jax.Array:
+    """Mean policy entropy; the loss subtracts `ent_coef` times this."""
+    return jnp.mean(entropy)
+
+
+
+# ---- composition --------------------------------------------------------------
+
+def network(config, spec: EnvSpec) -> ActorCritic:
+    return ActorCritic(
+        action_dim=spec.action_dim,
+        discrete=spec.discrete,
+        hidden=tuple(config.hidden),
+        activation=config.activation,
+        obs_ndim=len(spec.obs_shape),
+        torso=config.torso,
+        shared_torso=config.shared_torso,
+        log_std_init=config.log_std_init,
+    )
+
+
+def num_iterations(config, spec: EnvSpec, total_steps: int | None) -> int | None:
+    """Learning iterations in a run of `total_steps` env steps (None: unknown, no annealing)."""
+    if total_steps is None:
+        return None
+    return max(1, total_steps // (config.rollout_length * spec.num_envs))
+
+
+def lr_schedule(config, spec: EnvSpec, total_steps: int | None):
+    """`(base_lr, step) -> lr`: linear decay to 0 over the run when `anneal_lr`."""
+    iters = num_iterations(config, spec, total_steps)
+    if not config.anneal_lr or iters is None:
+        return lambda lr, step: lr
+    return lambda lr, step: lr * jnp.maximum(1.0 - step.astype(jnp.float32) / iters, 0.0)
+
+
+def policy_functions(config, spec: EnvSpec, net: ActorCritic):
+    """`act` (mode / clipped mean) and `explore` (a sample, unclipped) over `state.params`."""
+
+    def dist(params, obs):
+        return policy_distribution(net.apply(params, obs, method=net.actor_outputs), spec.discrete)
+
+    def act(state, obs):
+        d = dist(state.params, obs)
+        if spec.discrete:
+            return d.mode().astype(jnp.int32)
+        return jnp.clip(d.mode(), -1.0, 1.0)
+
+    def explore(state, obs, key, step=None):
+        del step
+        outputs = net.apply(state.params, obs, method=net.actor_outputs)
+        if spec.discrete:
+            # what distrax's Categorical.sample draws (Gumbel-max over the logits), without its
+            # normalisation and validity checks: a few kernels less per rollout step
+            return jax.random.categorical(key, outputs).astype(jnp.int32)
+        return policy_distribution(outputs, spec.discrete).sample(seed=key)
+
+    return act, explore
