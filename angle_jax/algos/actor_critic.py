@@ -136,7 +136,7 @@ class DeterministicACState:
     hparams: Any
     step: jax.Array  # gradient updates done so far
 
-    shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
+    shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
 
 
 def make_critic(config: Any, spec: EnvSpec, num_members: int) -> QEnsemble:

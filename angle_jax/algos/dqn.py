@@ -155,7 +155,7 @@ class DQNState:
     hparams: DQNHParams
     step: jax.Array  # gradient updates done so far
 
-    shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
+    shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
 
 
 # ---- named pieces -------------------------------------------------------------

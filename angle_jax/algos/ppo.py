@@ -123,7 +123,7 @@ class PPOState:
     hparams: PPOHParams
     step: jax.Array  # learning iterations (rollouts consumed) so far
 
-    shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
+    shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
 
 
 @struct.dataclass

@@ -70,7 +70,7 @@ class SACState:
     hparams: SACHParams
     step: jax.Array  # gradient updates done so far
 
-    shared_fields = ("step",)  # one counter for all seeds: see training/axes.py
+    shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
 
 
 # ---- named pieces -------------------------------------------------------------

@@ -24,7 +24,7 @@ class BufferState:
     pos: jax.Array     # int32: next row to write
     size: jax.Array    # int32: rows written so far, at most capacity
 
-    shared_fields = ("pos", "size")  # same for every seed: see training/axes.py
+    shared_fields = ("pos", "size")  # same for every seed: see core/axes.py
 
 
 class ReplayBuffer(NamedTuple):

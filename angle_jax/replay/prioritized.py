@@ -136,7 +136,7 @@ class PrioritizedState:
     min_tree: jax.Array        # [2L] float32, +inf where unwritten
     max_priority: jax.Array    # float32: largest |δ| + eps seen, given to new transitions
 
-    shared_fields = ("pos", "size", "added")  # same for every seed: see training/axes.py
+    shared_fields = ("pos", "size", "added")  # same for every seed: see core/axes.py
 
 
 def prioritized_replay(capacity: int, batch_size: int, n_step: int = 1, alpha: float = 0.6,
