@@ -47,10 +47,9 @@ def run_labels(config) -> list[str]:
 
 
 def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
-    """The agent states of all runs, `[runs, ...]`: from params.ckpt, or the agent inside a full checkpoint."""
+    """The agent states of all runs, `[runs, ...]`: from params.ckpt, or the agent inside a full
+    checkpoint (without params.ckpt: the newest readable one)."""
     import jax
-    import numpy as np
-    from flax import serialization
 
     from angle_jax import checkpoint as ckpt
     from angle_jax import parallel
@@ -61,10 +60,30 @@ def load_agent(run_dir: Path, ckpt_file: Path | None, algo, config):
         final = run_dir / "params.ckpt"
         if final.is_file():
             return ckpt.restore(final, template)[0]
-        steps = ckpt.CheckpointManager(run_dir / "checkpoints").all_steps()
+        manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+        steps = manager.all_steps()
         if not steps:
             raise FileNotFoundError(f"{run_dir} has no params.ckpt and no checkpoints")
-        ckpt_file = ckpt.CheckpointManager(run_dir / "checkpoints").path_for(steps[-1])
+        errors = []
+        for step in reversed(steps):  # newest first; a damaged one falls back to the one before, as --resume does
+            try:
+                return _agent_from_checkpoint(manager.path_for(step), template, config)
+            except ckpt.CheckpointError as e:
+                errors.append(e)
+                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+        raise ckpt.CheckpointError(f"{run_dir} has no params.ckpt and none of its {len(steps)} checkpoints can be "
+                                   f"read (newest: {errors[0]})")
+    return _agent_from_checkpoint(ckpt_file, template, config)
+
+
+def _agent_from_checkpoint(ckpt_file: Path, template, config):
+    """The agents inside a full checkpoint (the carry), as `template` lays them out."""
+    import jax
+    import numpy as np
+    from flax import serialization
+
+    from angle_jax import checkpoint as ckpt
+
     header, payload = ckpt.read_meta(ckpt_file)
     raw = serialization.msgpack_restore(payload)
     state = raw["agent"] if isinstance(raw, dict) and "agent" in raw else raw

@@ -102,7 +102,10 @@ def _data_parallel_arg(value):
 
 
 def _host_devices_wanted(args) -> int:
-    """Independent units a CPU-only host can spread over cores: runs x shards."""
+    """Independent units a CPU-only host can spread over cores: runs x shards (for --resume, as the
+    run's config.yaml records them)."""
+    if args.resume:
+        return _resumed_units(Path(args.resume) / "config.yaml")
     grid = 1
     for item in args.sweep:
         grid *= max(1, len([v for v in item.split("=", 1)[-1].split(",") if v.strip()]))
@@ -110,9 +113,24 @@ def _host_devices_wanted(args) -> int:
     return (args.seeds or 1) * grid * shards
 
 
+def _resumed_units(path: Path) -> int:
+    """runs x shards of a run directory's config.yaml, read without JAX (1 when unreadable: the
+    config is checked properly later)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        grid = 1
+        for values in (data.get("sweep") or {}).values():
+            grid *= max(1, len(values) if isinstance(values, list) else 1)
+        return int(data.get("seeds") or 1) * grid * int(data.get("data_parallel") or 1)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return 1
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.resume and (args.seeds or args.sweep or args.data_parallel is not None):
+    if args.resume or args.seeds or args.sweep or args.data_parallel is not None:
         from angle_jax.host_devices import split_cpu_for_seeds
 
         split_cpu_for_seeds(_host_devices_wanted(args))
@@ -142,9 +160,12 @@ def main(argv=None) -> int:
 
     try:
         trainer = Trainer(config, run_dir, resume=bool(args.resume), warn=lambda m: print(m, file=sys.stderr))
+        if args.resume:  # the checkpoints must fit the resumed settings before anything is rewritten
+            trainer.restore()
     except (C.ConfigError, UnknownNameError, ValueError) as e:
         fail(str(e))
 
+    from angle_jax import checkpoint as ckpt
     from angle_jax import loggers
 
     # the run directory records the kernels the run was made with: its checkpoints hold optimizer
@@ -154,7 +175,7 @@ def main(argv=None) -> int:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         C.save_config(config, run_dir / "config.yaml")
-        (run_dir / "spec.json").write_text(json.dumps(_spec_dict(trainer.env.spec), indent=1))
+        ckpt.atomic_write(run_dir / "spec.json", json.dumps(_spec_dict(trainer.env.spec), indent=1))
         if preset is not None:
             print(f"config: preset {preset}")
         scale = ""
@@ -185,8 +206,9 @@ def main(argv=None) -> int:
             lg.close()
         fail(str(e))
     except DivergenceError as e:
-        print(f"train.py: {e}; stopping (last good checkpoint kept in {run_dir / 'checkpoints'})",
-              file=sys.stderr, flush=True)
+        kept = (f"last good checkpoint kept in {run_dir / 'checkpoints'}" if trainer.checkpoints is not None
+                and trainer.checkpoints.manager.all_steps() else "no checkpoint had been written")
+        print(f"train.py: {e}; stopping ({kept})", file=sys.stderr, flush=True)
         for lg in log:
             lg.close()
         return EXIT_DIVERGED
@@ -198,8 +220,6 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - start
     trainer.save_checkpoint()
     returns = trainer.evaluate()
-    from angle_jax import checkpoint as ckpt
-
     agent = trainer.agent_params()
     if not is_main:
         return 0
@@ -230,7 +250,7 @@ def main(argv=None) -> int:
 
         summary["runs"] = trainer.labels
         summary["sweep"] = parallel.sweep_results(trainer.configs, config.seeds, config.seed, returns)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    ckpt.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
     for lg in log:
         lg.close()
     per_seed = ", ".join(f"{r:.1f}" for r in summary["final_eval_return_per_seed"])

@@ -29,7 +29,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back (missing, truncated or corrupt)."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write `data` to `path` so a crash leaves the old file or the new one, never a part."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -52,7 +56,7 @@ def save(path: str | Path, tree: Any, meta: dict | None = None) -> Path:
     header["sha256"] = hashlib.sha256(payload).hexdigest()
     header["payload_bytes"] = len(payload)
     head = json.dumps(header).encode()
-    _atomic_write(Path(path), MAGIC + pystruct.pack("<Q", len(head)) + head + payload)
+    atomic_write(Path(path), MAGIC + pystruct.pack("<Q", len(head)) + head + payload)
     return Path(path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from angle_jax import parallel, registry
+from angle_jax.checkpoint import atomic_write
 from angle_jax.meta.config import MetaConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -151,31 +153,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value.replace("_", ""))
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return _int32(key, _integer(key, value))
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        number = _number(key, value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -211,6 +194,46 @@ def build_section(cls: type, values: dict, prefix: str = "") -> Any:
     """A typed config section (e.g. `MetaConfig`) from a mapping, through the same coercion and
     errors as a config file: unknown keys and wrong types raise `ConfigError` naming the key."""
     return _build(cls, values, prefix)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _integer(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            f = float(value.replace("_", ""))
+            if f.is_integer():
+                return int(f)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _int32(key: str, value: int) -> int:
+    """Integer settings become int32 arrays and counters in the compiled programs."""
+    if not -INT32_MAX <= value <= INT32_MAX:
+        raise ConfigError(f"{key} must be at most {INT32_MAX:,} in size (it is held in int32), got {value:,}")
+    return value
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be a number, got {value!r}")
 
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
@@ -309,9 +332,12 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     for key, value in cli.items():
         if value is not None:
             data[key] = value
-    agent_values = dict(data.pop("agent", None) or {})
+    agent_values = data.pop("agent", None)
+    if agent_values is None:
+        agent_values = {}
     if not isinstance(agent_values, dict):
-        raise ConfigError("agent must be a mapping of algorithm settings")
+        raise ConfigError(f"agent must be a mapping of algorithm settings, got {agent_values!r}")
+    agent_values = dict(agent_values)
     for item in overrides or []:
         key, value = _parse_override(item)
         if key.startswith("agent."):
@@ -373,4 +399,5 @@ def to_dict(config: RunConfig) -> dict:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """The resolved config as YAML, written atomically."""
+    atomic_write(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -123,8 +123,9 @@ def run_table(configs: list[dict[str, float]], seeds: int) -> dict[str, np.ndarr
 
 
 def run_keys(base: int, seeds: int, num_configs: int) -> jax.Array:
-    """`PRNGKey(base + s)` for run r = g * seeds + s: every config sees the same seeds."""
-    keys = jnp.stack([jax.random.PRNGKey(base + s) for s in range(seeds)])
+    """`PRNGKey(base + s)` for run r = g * seeds + s: every config sees the same seeds (one
+    vectorised draw, whatever the number of seeds)."""
+    keys = jax.vmap(jax.random.PRNGKey)(base + jnp.arange(seeds, dtype=jnp.uint32))
     return jnp.tile(keys, (num_configs, 1))
 
 

@@ -178,8 +178,13 @@ class EnvpoolEnv(Env):
         options = {**preset, **kwargs}
         if num_threads is None:
             num_threads = min(int(num_envs), os.cpu_count() or 1)
-        self.pool = envpool.make(task_id, env_type="gymnasium", num_envs=int(num_envs), batch_size=int(num_envs),
-                                 num_threads=int(num_threads), seed=int(seed), **options)
+        try:
+            self.pool = envpool.make(task_id, env_type="gymnasium", num_envs=int(num_envs), batch_size=int(num_envs),
+                                     num_threads=int(num_threads), seed=int(seed), **options)
+        except TypeError as err:  # an option envpool's config does not have
+            valid = ", ".join(k for k in envpool.make_spec(task_id)._config_keys
+                              if k not in ("num_envs", "batch_size", "num_threads", "seed"))
+            raise ValueError(f"{name}: {err} (env_kwargs valid for it: {valid})") from None
         self.task_id = task_id
         self.is_atari = task_id[:-3] in ATARI_GAMES or "stack_num" in self.pool.config
         obs_space = self.pool.observation_space

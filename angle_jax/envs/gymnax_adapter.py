@@ -1,8 +1,11 @@
 """gymnax envs under the batched protocol: vmapped, auto-reset, truncation kept apart."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +39,28 @@ def _space_from_gymnax(space) -> Discrete | Box:
     raise TypeError(f"unsupported gymnax action space {type(space).__name__}")
 
 
+def checked_overrides(name: str, params, overrides: dict) -> dict:
+    """`overrides` of a gymnax env's parameters, each a field of its `EnvParams` with a value of the
+    field's kind (a finite number for a number); ValueError naming the key and the valid ones."""
+    defaults = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    for key, value in overrides.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown env_kwargs key {key!r} for {name}{hint} (valid: {', '.join(defaults)})")
+        default = np.asarray(defaults[key])
+        if default.dtype.kind in "biuf" and default.ndim == 0:
+            if isinstance(value, bool) != (default.dtype.kind == "b") or not isinstance(value, (int, float)):
+                raise ValueError(f"env_kwargs.{key} must be {'true or false' if default.dtype.kind == 'b' else 'a number'} "
+                                 f"(like its default {default.item()!r}), got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"env_kwargs.{key} must be a finite number, got {value!r}")
+            if default.dtype.kind in "iu" and float(value) != int(value):
+                raise ValueError(f"env_kwargs.{key} must be an integer (like its default {default.item()!r}), "
+                                 f"got {value!r}")
+    return overrides
+
+
 class GymnaxEnv(Env):
     """A gymnax env batched over `num_envs` with automatic reset.
 
@@ -45,7 +70,7 @@ class GymnaxEnv(Env):
     def __init__(self, name: str, num_envs: int, **param_overrides):
         self.gymnax_env, params = _gymnax().make(name)
         if param_overrides:
-            params = params.replace(**param_overrides)
+            params = params.replace(**checked_overrides(name, params, param_overrides))
         self.params = params
         obs, _ = jax.eval_shape(lambda: self.gymnax_env.reset_env(jax.random.PRNGKey(0), params))
         binary = obs.dtype == jnp.bool_ or name.endswith("-MinAtar")  # MinAtar grids are 0/1

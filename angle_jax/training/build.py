@@ -8,7 +8,7 @@ import math
 from typing import Any, NamedTuple
 
 from angle_jax import parallel, registry, xla_cpu
-from angle_jax.config import ConfigError, RunConfig
+from angle_jax.config import ConfigError, RunConfig, build_section
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.types import AlgoSpec, Algorithm, MetaLearner, Module
 from angle_jax.envs.base import Env, EnvSpec
@@ -59,7 +59,9 @@ def make_modules(names, module_kwargs: dict | None, spec: EnvSpec, kernels: Kern
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown} for module {name!r} (valid: {', '.join(valid)})")
-        built.append(source.make(source.Config(**kwargs), spec, kernels=kernels))
+        # the settings go through the config's coercion: types, finite numbers, int32 sizes
+        built.append(source.make(build_section(source.Config, kwargs, f"module_kwargs.{name}."), spec,
+                                 kernels=kernels))
     return tuple(built)
 
 

@@ -71,12 +71,15 @@ class RunCheckpoints:
                 break
             except ckpt.CheckpointError as e:
                 errors.append(e)
-                self.warn(f"warning: {e}; trying the previous checkpoint")
+        if found is not None:
+            for e in errors:  # the newer ones that could not be read, now that an older one was
+                self.warn(f"warning: {e}; resumed from an older checkpoint")
         if found is None:
             if steps:
                 raise ConfigError(f"none of the {len(steps)} checkpoints in {self.manager.directory} can be "
-                                  f"restored into this run (newest: {errors[0]}); they are left as they are: "
-                                  f"move them away to start the run over")
+                                  f"restored into this run (newest: {errors[0]}): settings that change shapes, "
+                                  f"such as a network width, cannot be applied to a run's checkpoints; they are "
+                                  f"left as they are: move them away to start the run over")
             return None
         tree, header = found
         if getattr(tree, "buffer", 1) is None:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from angle_jax import devices as device_selection
 from angle_jax import parallel
 from angle_jax.config import ConfigError, RunConfig
 from angle_jax.core.axes import seed_axes
@@ -106,6 +107,7 @@ class RunPrograms:
             raise ConfigError(str(e)) from None
         self.configs = parallel.grid(self.sweep)
         self.runs = len(self.configs) * config.seeds
+        self._check_memory(abstract, devices)
         self.keys = parallel.run_keys(config.seed, config.seeds, len(self.configs))
         self.hparam_values = {n: jnp.asarray(v) for n, v in parallel.run_table(self.configs, config.seeds).items()}
         self.labels = parallel.run_labels(self.configs, config.seeds, config.seed)
@@ -134,6 +136,22 @@ class RunPrograms:
         self._evaluate_compiled = None
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  out_shardings=self.replicated)
+
+    def _check_memory(self, abstract: Any, devices: list) -> None:
+        """Refuse, before anything is built for all runs, a state that cannot fit in the devices'
+        memory (the estimate is the carry itself; the compiled programs' temporaries come on top)."""
+        def nbytes(tree) -> int:
+            return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+        per_run = nbytes(abstract) * self.shards
+        need = per_run * self.runs
+        limit = device_selection.memory_bytes(list(devices))
+        if limit is not None and need > 0.9 * limit:
+            replay = nbytes(getattr(abstract, "buffer", None)) * self.shards
+            fmt = device_selection.format_bytes
+            raise ConfigError(f"the run's state needs {fmt(need)} ({self.runs:,} run(s) x {fmt(per_run)}, of which "
+                              f"replay {fmt(replay)}), more than the {fmt(limit)} of memory available on "
+                              f"{devices[0].platform}; lower buffer_size, seeds or the sweep")
 
     # ---- one run, as vmapped over runs -------------------------------------------
     def _vmap(self, fn, in_axes=0, out_axes=0):
