@@ -12,6 +12,7 @@ kernels' lowering context and compiled with its options (`angle_jax.core.kernels
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +111,6 @@ class RunPrograms:
         self._check_memory(abstract, devices)
         self.keys = parallel.run_keys(config.seed, config.seeds, len(self.configs))
         self.hparam_values = {n: jnp.asarray(v) for n, v in parallel.run_table(self.configs, config.seeds).items()}
-        self.labels = parallel.run_labels(self.configs, config.seeds, config.seed)
         self.devices = list(devices)
         self.mesh = parallel.make_mesh(self.runs, self.shards, self.devices)
         self._check_hosts()
@@ -136,6 +136,11 @@ class RunPrograms:
         self._evaluate_compiled = None
         self._evaluate = jax.jit(self._vmap(self._evaluate_run, in_axes=(self.axes.agent, 0)),
                                  out_shardings=self.replicated)
+
+    @functools.cached_property
+    def labels(self) -> list[str]:
+        """`run_<i>: name=value ... seed=<s>` per run (built when asked for: sweeps log them)."""
+        return parallel.run_labels(self.configs, self.config.seeds, self.config.seed)
 
     def _check_memory(self, abstract: Any, devices: list) -> None:
         """Refuse, before anything is built for all runs, a state that cannot fit in the devices'
