@@ -10,6 +10,14 @@ import numpy as np
 from angle_jax.core import returns
 
 
+def random_trajectory(seed: int, shape: tuple[int, ...], p_end: float):
+    """Rewards, values, next values, terminated and truncated (never both) of random episodes."""
+    rng = np.random.default_rng(seed)
+    r, v, nv = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    term = rng.random(shape) < p_end
+    return r, v, nv, term, (rng.random(shape) < p_end) & ~term
+
+
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
     """Straightforward per-env loop, written independently of the scan version."""
     rewards, values, next_values = map(np.asarray, (rewards, values, next_values))
@@ -49,11 +57,8 @@ class GaeTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_gae_matches_reference_on_random_batches(self):
-        rng = np.random.default_rng(0)
         T, N = 17, 3
-        r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
-        term = rng.random((T, N)) < 0.1
-        trunc = (rng.random((T, N)) < 0.1) & ~term
+        r, v, nv, term, trunc = random_trajectory(0, (T, N), 0.1)
         adv, _ = self.variant(returns.gae)(r, v, nv, term, trunc, 0.97, 0.9)
         for n in range(N):
             want = reference_gae(r[:, n], v[:, n], nv[:, n], term[:, n], trunc[:, n], 0.97, 0.9)
@@ -109,7 +114,8 @@ def reference_lambda_returns(rewards, next_values, terminated, truncated, gamma,
             return g + (0.0 if terminated[last] else discount * next_values[last])
 
         horizon = end - t + 1
-        out[t] = sum((1 - lam) * lam ** (n - 1) * n_step(n) for n in range(1, horizon)) + lam ** (horizon - 1) * n_step(horizon)
+        mixed = sum((1 - lam) * lam ** (n - 1) * n_step(n) for n in range(1, horizon))
+        out[t] = mixed + lam ** (horizon - 1) * n_step(horizon)
     return out
 
 
@@ -117,22 +123,14 @@ class LambdaReturnsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_lambda_returns_match_the_forward_view_on_random_episodes(self):
-        rng = np.random.default_rng(2)
-        T = 13
-        for lam in (0.0, 0.6, 1.0):
-            r, nv = rng.normal(size=T).astype(np.float32), rng.normal(size=T).astype(np.float32)
-            term = rng.random(T) < 0.15
-            trunc = (rng.random(T) < 0.15) & ~term
+        for i, lam in enumerate((0.0, 0.6, 1.0)):
+            r, _, nv, term, trunc = random_trajectory(2 + i, (13,), 0.15)
             got = self.variant(returns.lambda_returns)(r, nv, term, trunc, jnp.float32(0.9), jnp.float32(lam))
             np.testing.assert_allclose(got, reference_lambda_returns(r, nv, term, trunc, 0.9, lam), rtol=1e-4,
                                        atol=1e-5)
 
     def test_lambda_returns_equal_gae_returns_and_differentiate_in_gamma_and_lambda(self):
-        rng = np.random.default_rng(3)
-        T, N = 9, 2
-        r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
-        te = rng.random((T, N)) < 0.2
-        tr = (rng.random((T, N)) < 0.2) & ~te
+        r, v, nv, te, tr = random_trajectory(3, (9, 2), 0.2)
         nv[:-1] = np.where(~(te | tr)[:-1], v[1:], nv[:-1])  # inside an episode V(s') is the next V(s)
         _, gae_ret = returns.gae(r, v, nv, te, tr, 0.95, 0.7)
         np.testing.assert_allclose(returns.lambda_returns(r, nv, te, tr, 0.95, 0.7), gae_ret, rtol=1e-4, atol=1e-5)
