@@ -84,8 +84,8 @@ def train(steps: int = 20_000, seed: int = 0, hidden=(64, 64), alpha: float = 10
     config = Config(actor_hidden=hidden, critic_hidden=hidden, actor_lr=1e-3, critic_lr=1e-3, tau=0.01,
                     exploration_noise=0.2, alpha=alpha)
     algo = make(config, env.spec, kernels=kernels)
-    loop = OffPolicyLoop(num_envs=1, capacity_per_env=steps, batch_size=128, learning_starts_iters=min(1000, steps // 4),
-                         train_frequency=1, gradient_steps=1)
+    loop = OffPolicyLoop(num_envs=1, capacity_per_env=steps, batch_size=128,
+                         learning_starts_iters=min(1000, steps // 4), train_frequency=1, gradient_steps=1)
     learner = None if meta is None else meta(algo, config, env.spec)
     if learner is not None:  # its networks applied with the algorithm's kernels, as the Trainer does
         learner = learner._replace(update=kernels.bind(learner.update))

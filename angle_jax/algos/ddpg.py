@@ -161,7 +161,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
 
         def actor_term(state, frozen, obs, key):
             del key
-            return ac.deterministic_policy_loss(ac.first_member_q(critic, frozen, obs, actor.apply(state.actor_params, obs)))
+            q_pi = ac.first_member_q(critic, frozen, obs, actor.apply(state.actor_params, obs))
+            return ac.deterministic_policy_loss(q_pi)
 
         return ac.td_validation(critic, target, actor_term, actor_weight)
 

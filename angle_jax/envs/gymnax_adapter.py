@@ -51,7 +51,8 @@ def checked_overrides(name: str, params, overrides: dict) -> dict:
         default = np.asarray(defaults[key])
         if default.dtype.kind in "biuf" and default.ndim == 0:
             if isinstance(value, bool) != (default.dtype.kind == "b") or not isinstance(value, (int, float)):
-                raise ValueError(f"env_kwargs.{key} must be {'true or false' if default.dtype.kind == 'b' else 'a number'} "
+                kind = "true or false" if default.dtype.kind == "b" else "a number"
+                raise ValueError(f"env_kwargs.{key} must be {kind} "
                                  f"(like its default {default.item()!r}), got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"env_kwargs.{key} must be a finite number, got {value!r}")
