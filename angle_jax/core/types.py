@@ -46,6 +46,48 @@ class Rollout(Transition):
     """
 
     advantage_bonus: jax.Array
+    reset: jax.Array | None = None  # [T, N] bool: obs_t starts an episode (recurrent policies only)
+    core: Any = None  # the policy's core state at the rollout's first step, leaves [N, ...]
+
+
+@struct.dataclass
+class SequenceStep:
+    """One vectorised env step as sequence replay stores it (leaves `[num_envs, ...]`).
+
+    No `next_obs`: the next row holds it (time-major storage keeps each observation once).
+    `reset`: obs starts an episode, so the core state is reset before this step; `core`: the
+    recurrent state the actor fed its network at this step (already reset where `reset`).
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    reset: jax.Array
+    core: Any
+
+
+@struct.dataclass
+class SequenceBatch:
+    """B stored sequences of L steps, time-major: sequence leaves `[L, B, ...]`.
+
+    obs, action, reward, terminated, truncated, reset: the L consecutive steps of one env
+    (episode ends inside a sequence appear as `terminated`/`truncated` at a step and `reset` at
+    the next; nothing is padded); core: the core state at the first step, leaves `[B, ...]`;
+    index: `[B]` the sequence's slot (for priority updates); weights: `[B]` importance weights
+    (ones for uniform sampling).
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    reset: jax.Array
+    core: Any
+    index: jax.Array
+    weights: jax.Array
 
 
 @struct.dataclass
@@ -106,6 +148,20 @@ class Exploration(NamedTuple):
     reset: Callable[..., Any] | None = None
 
 
+class Memory(NamedTuple):
+    """What an algorithm with a recurrent policy tells the loops.
+
+    initial(num_envs) -> core   the core state at an episode start, leaves `[num_envs, ...]`
+
+    Such an algorithm's `act(state, obs, core, reset) -> (action, core)` and
+    `explore(state, obs, core, reset, key, step) -> (action, core)` take and return the core
+    state; `reset` (bool `[num_envs]`) marks observations that start an episode, where the
+    core state is replaced by its initial value before it is used.
+    """
+
+    initial: Callable[[int], Any]
+
+
 class Algorithm(NamedTuple):
     """An algorithm is a bundle of pure functions, like an optax transformation.
 
@@ -123,6 +179,8 @@ class Algorithm(NamedTuple):
     validation(**options) -> Validation       optional: its meta-gradient objective, built on
                                               the same networks, targets and optimizer
     kernels: the kernel bundle it was made with (the loops and the Trainer use the same)
+    memory: Memory                            optional: the policy is recurrent; `act` and
+                                              `explore` then carry a core state (see Memory)
 
     An on-policy algorithm's `update(state, rollout, key)` takes a whole `Rollout`
     (leaves [T, num_envs, ...]) and its `explore` may return unclipped Box samples: the
@@ -142,6 +200,7 @@ class Algorithm(NamedTuple):
     exploration: Exploration | None = None
     validation: Callable[..., "Validation"] | None = None
     kernels: Kernels = XLA
+    memory: Memory | None = None
 
 
 def bind_kernels(algo: Algorithm) -> Algorithm:
