@@ -239,7 +239,7 @@ def _number(key: str, value: Any) -> float:
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.split(".")[-1], valid, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {key!r}{hint} (valid: {', '.join(valid)})")
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:

@@ -2,9 +2,9 @@
 
 Algorithms and loop modules are registered by their module's one description (`SPEC`, an
 `AlgoSpec` / `ModuleSpec`): adding one touches its own module and one line below. Envs are
-factories `factory(num_envs, **kwargs) -> Env`: gymnax names, the data feeds and envpool's
-names are built in, and a user's module adds its own with `register_env` (listed under
-`imports:` in a config, it is imported before the env is looked up).
+factories `factory(num_envs, **kwargs) -> Env`: gymnax names, the data feeds, envpool's names and
+the partially observed (no-velocity) variants are built in, and a user's module adds its own with
+`register_env` (listed under `imports:` in a config, it is imported before the env is looked up).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 
 from angle_jax.algos import a2c, ddpg, dqn, ppo, rainbow, rnd, sac, td3
 from angle_jax.core.types import AlgoSpec, ModuleSpec, UnknownNameError
-from angle_jax.envs import datafeed, envpool_adapter
+from angle_jax.envs import datafeed, envpool_adapter, partial_obs
 from angle_jax.envs.base import Box, Env
 from angle_jax.envs.gymnax_adapter import GymnaxEnv, gymnax_names
 from angle_jax.envs.wrappers import EpisodeStatistics, RescaleAction
@@ -32,9 +32,11 @@ MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in (
     rnd.SPEC,
 )}
 
-# The envs this package ships beyond gymnax (envpool's names are listed without importing envpool);
+# The envs this package ships beyond gymnax (envpool's names are listed without importing envpool,
+# the no-velocity variants without importing gymnax);
 # `register_env` adds a user's own.
-_ENV_FACTORIES: dict[str, Callable[..., Env]] = {**datafeed.env_factories(), **envpool_adapter.env_factories()}
+_ENV_FACTORIES: dict[str, Callable[..., Env]] = {
+    **datafeed.env_factories(), **envpool_adapter.env_factories(), **partial_obs.env_factories()}
 
 
 def _unknown(kind: str, name: str, valid: list[str]) -> UnknownNameError:
