@@ -109,3 +109,49 @@ def nstep_return(rewards: jax.Array, mask: jax.Array, terminated: jax.Array,
     steps = jnp.sum(mask, axis=1)
     discount = (gamma ** steps) * (1.0 - terminated.astype(jnp.float32))
     return returns, discount
+
+
+def value_rescale(x: jax.Array, eps: float | jax.Array = 1e-3) -> jax.Array:
+    """h(x) = sign(x)(√(|x| + 1) − 1) + εx (Pike-Burke & Grünewälder; R2D2): squashes returns of
+    any scale into a range a network regresses well, invertibly (`inverse_value_rescale`)."""
+    # √(|x|+1) − 1 written as |x| / (√(|x|+1) + 1): no cancellation near 0 in float32
+    return x / (jnp.sqrt(jnp.abs(x) + 1.0) + 1.0) + eps * x
+
+
+def inverse_value_rescale(x: jax.Array, eps: float | jax.Array = 1e-3) -> jax.Array:
+    """h⁻¹(x) = sign(x)(((√(1 + 4ε(|x| + 1 + ε)) − 1) / 2ε)² − 1), the inverse of `value_rescale`."""
+    # with u = root − 1 = 2|x| / (1 + 2ε + √((1 + 2ε)² + 4ε|x|)), root² − 1 = u(u + 2): the same
+    # value without the two cancellations of the textbook form, so h⁻¹ stays exact and odd near 0
+    a = jnp.abs(x)
+    u = 2.0 * a / (1.0 + 2.0 * eps + jnp.sqrt(jnp.square(1.0 + 2.0 * eps) + 4.0 * eps * a))
+    return jnp.sign(x) * u * (u + 2.0)
+
+
+def sequence_nstep_returns(rewards: jax.Array, terminated: jax.Array, truncated: jax.Array,
+                           bootstrap: jax.Array, gamma: jax.Array, n_step: int) -> tuple[jax.Array, jax.Array]:
+    """n-step returns at every step of a time-major sequence, and where they are defined.
+
+    rewards, terminated, truncated, bootstrap: `[U + n, ...]`, `bootstrap[t]` the value of the
+    observation at step t (e.g. h⁻¹ of a target Q). For t < U:
+    `G_t = Σ_{k<m} γ^k r_{t+k} + γ^n bootstrap[t+n]` when no episode ends in steps t..t+n-1
+    (m = n); when one ends at step t+m-1, the sum stops there and nothing is bootstrapped.
+    A window that ends in a truncation would bootstrap from the true final observation,
+    which the sequence does not hold (the next step is the new episode's first): `valid` is
+    false there. Returns `(G [U, ...], valid [U, ...])`.
+    """
+    chex.assert_equal_shape([rewards, terminated, truncated, bootstrap])
+    if n_step < 1 or rewards.shape[0] <= n_step:
+        raise ValueError(f"sequence of {rewards.shape[0]} steps is too short for {n_step}-step returns")
+    length = rewards.shape[0] - n_step
+    term = terminated.astype(jnp.bool_)
+    trunc = jnp.logical_and(truncated.astype(jnp.bool_), jnp.logical_not(term))
+    alive = jnp.ones(rewards[:length].shape, jnp.bool_)
+    cut_by_truncation = jnp.zeros_like(alive)
+    returns = jnp.zeros(rewards[:length].shape, jnp.float32)
+    for k in range(n_step):
+        window = slice(k, k + length)
+        returns = returns + jnp.where(alive, gamma ** k * rewards[window], 0.0)
+        cut_by_truncation = jnp.logical_or(cut_by_truncation, jnp.logical_and(alive, trunc[window]))
+        alive = jnp.logical_and(alive, jnp.logical_not(jnp.logical_or(term[window], trunc[window])))
+    returns = returns + jnp.where(alive, gamma ** n_step * bootstrap[n_step:], 0.0)
+    return returns, jnp.logical_not(cut_by_truncation)

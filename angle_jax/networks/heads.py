@@ -103,10 +103,12 @@ class DenseStack(nn.Module):
 def dueling_combine(value: jax.Array, advantage: jax.Array) -> jax.Array:
     """Q = V + A - mean_a A (Wang et al. 2016), the identifiable dueling form.
 
-    value: `[batch, 1, ...]`; advantage: `[batch, actions, ...]`; trailing axes
-    (atoms) are combined elementwise, so the same form serves C51 logits.
+    value: `[..., 1, atoms]`; advantage: `[..., actions, atoms]` (atoms = 1 for plain Q values):
+    the mean is over the actions axis, whatever the batch axes in front (one batch axis when
+    acting, time and batch when a recurrent head runs over a sequence); atoms are combined
+    elementwise, so the same form serves C51 logits.
     """
-    return value + advantage - jnp.mean(advantage, axis=1, keepdims=True)
+    return value + advantage - jnp.mean(advantage, axis=-2, keepdims=True)
 
 
 def _split_key(key: jax.Array | None, i: int) -> jax.Array | None:

@@ -159,3 +159,21 @@ class SquashedGaussianActor(nn.Module):
         mean, raw_log_std = jnp.split(out, 2, axis=-1)
         unit = 0.5 * (jnp.tanh(raw_log_std) + 1.0)
         return mean, self.log_std_min + (self.log_std_max - self.log_std_min) * unit
+
+
+class ActorCriticHead(nn.Module):
+    """features -> (policy outputs, value): the heads of `ActorCritic` on features computed
+    elsewhere (e.g. a memory core's output), with the same initialisation."""
+
+    action_dim: int
+    discrete: bool
+    log_std_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, features):
+        out = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01), name="policy_head")(features)
+        value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value_head")(features)[..., 0]
+        if self.discrete:
+            return out, value
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
+        return (out, jnp.broadcast_to(log_std, out.shape)), value

@@ -6,7 +6,9 @@ steps: explore, env step, replay add, and every `train_frequency` steps
 `gradient_steps` x (sample, update)), `evaluate(agent, key)` and
 `train(key)` for the whole budget in one call (the PureJaxRL shape).
 An algorithm with stateful exploration (`Algorithm.exploration`) has its
-state carried along and reset per env when that env's episode ends.
+state carried along and reset per env when that env's episode ends. A recurrent
+algorithm (`Algorithm.memory`) has its core state carried per env, reset where an
+episode starts, and stored with every step (`SequenceStep`) for its sequence replay.
 Everything is written for one seed; `angle_jax.core.seed_axes` says how to
 `vmap` a carry over seeds while the step counters stay shared. Key splits and
 replay indices are computed once as the algorithm's kernels say
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.core.types import Algorithm, MetaLearner, Transition
+from angle_jax.core.types import Algorithm, MetaLearner, SequenceStep, Transition
 from angle_jax.envs.base import Env, random_actions
 from angle_jax.replay.buffer import uniform_replay
 from angle_jax.training.evaluate import make_evaluate
@@ -50,6 +52,8 @@ class OffPolicyCarry:
     iteration: jax.Array  # vectorised env steps done; shared by all seeds
     meta: Any = None
     explore: Any = None  # the algorithm's exploration state, when it has one (Algorithm.exploration)
+    core: Any = None  # a recurrent policy's core state per env (Algorithm.memory)
+    reset: jax.Array | None = None  # bool [num_envs]: obs starts an episode (recurrent policies)
 
     shared_fields = ("iteration",)
 
@@ -61,6 +65,14 @@ class OffPolicyTrain(NamedTuple):
     train: Callable[[jax.Array, int], tuple[OffPolicyCarry, dict]]
     loop: OffPolicyLoop
     steps_per_iteration: int  # env steps (summed over envs) per loop iteration
+
+
+def reset_where(reset: jax.Array, initial: Any, core: Any) -> Any:
+    """`core` with the envs where `reset` is true set to `initial` (leaves `[num_envs, ...]`)."""
+    def one(i, c):
+        return jnp.where(reset.reshape(reset.shape + (1,) * (c.ndim - 1)), i, c)
+
+    return jax.tree.map(one, initial, core)
 
 
 def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | None = None,
@@ -76,14 +88,28 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
     split_keys = algo.kernels.split
     feeds_priorities = buffer.update_priorities is not None
     exploration = algo.exploration
+    memory = algo.memory
+    if memory is not None:
+        if exploration is not None:
+            raise ValueError("a recurrent algorithm cannot also have stateful exploration")
+        if meta is not None:
+            raise ValueError("meta-learners and auxiliary models take transitions; recurrent algorithms "
+                             "(agent.core / r2d2) learn from sequences and do not support them yet")
+        if algo.make_buffer is None:
+            raise ValueError("a recurrent algorithm must supply its sequence replay (Algorithm.make_buffer)")
 
     def init(key: jax.Array) -> OffPolicyCarry:
         k_agent, k_env, k_carry = jax.random.split(key, 3)
         agent = algo.init(k_agent, spec)
         obs, env_state = env.reset(k_env)
         action = random_actions(spec, k_env)
-        example = Transition(obs, action, jnp.zeros(spec.num_envs, jnp.float32),
-                             jnp.zeros(spec.num_envs, jnp.bool_), jnp.zeros(spec.num_envs, jnp.bool_), obs)
+        reward, flag = jnp.zeros(spec.num_envs, jnp.float32), jnp.zeros(spec.num_envs, jnp.bool_)
+        core = reset = None
+        if memory is None:
+            example = Transition(obs, action, reward, flag, flag, obs)
+        else:
+            core, reset = memory.initial(spec.num_envs), jnp.ones(spec.num_envs, jnp.bool_)
+            example = SequenceStep(obs, action, reward, flag, flag, reset, core)
         meta_state = None
         if meta is not None:
             k_carry, k_meta = jax.random.split(k_carry)
@@ -93,7 +119,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
             k_carry, k_explore = jax.random.split(k_carry)
             explore_state = exploration.init(k_explore, spec)
         return OffPolicyCarry(agent, buffer.init(example), env_state, obs, k_carry,
-                              jnp.zeros((), jnp.int32), meta_state, explore_state)
+                              jnp.zeros((), jnp.int32), meta_state, explore_state, core, reset)
 
     def learn(agent, buffer_state, key):
         def one(c, k):
@@ -116,7 +142,14 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         key, k_act, k_env, k_learn = split_keys(carry.key, 4)
         warmup = carry.iteration < loop.learning_starts_iters
         explore_state = carry.explore
-        if exploration is None:
+        core = carry.core
+        if memory is not None:
+            # the core advances in warm-up too, so every stored state is the one the network computed
+            used = reset_where(carry.reset, memory.initial(spec.num_envs), carry.core)
+            net_action, core = algo.explore(carry.agent, carry.obs, used, carry.reset, k_act,
+                                            carry.iteration * loop.num_envs)
+            action = jnp.where(warmup, random_actions(spec, k_act), net_action.astype(spec.action_space.dtype))
+        elif exploration is None:
             action = jax.lax.cond(
                 warmup,
                 lambda: random_actions(spec, k_act),
@@ -135,8 +168,11 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         env_state, ts = env.step(carry.env_state, action, k_env)
         if exploration is not None and exploration.reset is not None:
             explore_state = exploration.reset(explore_state, ts.done)
-        buffer_state = buffer.add(
-            carry.buffer, Transition(carry.obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs))
+        if memory is None:
+            item = Transition(carry.obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs)
+        else:
+            item = SequenceStep(carry.obs, action, ts.reward, ts.terminated, ts.truncated, carry.reset, used)
+        buffer_state = buffer.add(carry.buffer, item)
         should_learn = jnp.logical_and(
             jnp.logical_not(warmup), carry.iteration % loop.train_frequency == 0)
         (agent, buffer_state), metrics = jax.lax.cond(
@@ -160,7 +196,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
                 lambda: (carry.meta, agent, nan_like(meta_shapes)))
             metrics = {**metrics, **meta_metrics}
         carry = OffPolicyCarry(agent, buffer_state, env_state, ts.obs, key, carry.iteration + 1, meta_state,
-                               explore_state)
+                               explore_state, core, None if memory is None else ts.done)
         return carry, episodes.add(ts.info), metrics
 
     def run(carry: OffPolicyCarry, num_iters: int) -> tuple[OffPolicyCarry, dict]:
