@@ -12,9 +12,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from angle_jax.core.types import Memory
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import ACTIVATIONS
-from angle_jax.networks.policies import ActorCritic, policy_distribution
+from angle_jax.networks.policies import ActorCritic, ActorCriticHead, policy_distribution
+from angle_jax.networks.recurrent import CORES, RecurrentNetwork, initial_core, make_encoder, unroll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,8 @@ class OnPolicyConfig:
     torso: str = "auto"
     shared_torso: bool = False
     log_std_init: float = 0.0
+    core: str = "none"  # "lstm" or "gru": a recurrent policy (encoder `hidden` -> core -> heads)
+    core_size: int = 64
     anneal_lr: bool = True
     normalize_advantages: bool = True
     max_grad_norm: float = 0.5
@@ -49,6 +53,10 @@ class OnPolicyConfig:
             raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn' (Nature CNN for [4, 84, 84] frames, MinAtar CNN for [10, 10, C] grids), got {self.torso!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.core not in ("none", *CORES):
+            raise ValueError(f"core must be one of none, {', '.join(CORES)}, got {self.core!r}")
+        if self.core_size < 1:
+            raise ValueError(f"core_size must be >= 1, got {self.core_size}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
@@ -73,7 +81,17 @@ def entropy_bonus(entropy: jax.Array) -> jax.Array:
 
 # ---- composition --------------------------------------------------------------
 
-def network(config, spec: EnvSpec) -> ActorCritic:
+def recurrent(config) -> bool:
+    return config.core != "none"
+
+
+def network(config, spec: EnvSpec) -> ActorCritic | RecurrentNetwork:
+    """The actor-critic, or with a `core` the recurrent one: encoder (`hidden` dense layers or the
+    MinAtar CNN) -> core -> policy and value heads (the core is shared; `shared_torso` is moot)."""
+    if recurrent(config):
+        encoder = make_encoder(config.torso, config.hidden, config.activation, spec.obs_shape)
+        head = ActorCriticHead(spec.action_dim, spec.discrete, config.log_std_init)
+        return RecurrentNetwork(encoder, head, config.core, config.core_size)
     return ActorCritic(
         action_dim=spec.action_dim,
         discrete=spec.discrete,
@@ -123,3 +141,56 @@ def policy_functions(config, spec: EnvSpec, net: ActorCritic):
         return policy_distribution(outputs, spec.discrete).sample(seed=key)
 
     return act, explore
+
+
+# ---- recurrent policies ------------------------------------------------------------
+
+def init_params(config, spec: EnvSpec, net, key: jax.Array):
+    """Fresh network parameters from a one-sample dummy input (with a core state when recurrent)."""
+    obs = jnp.zeros((1, *spec.obs_shape), spec.obs_dtype)
+    if recurrent(config):
+        return net.init(key, obs, initial_core(config.core, config.core_size, 1), jnp.ones((1,), jnp.bool_))
+    return net.init(key, obs)
+
+
+def memory_for(config):
+    """The `Memory` of a recurrent config (None for a feed-forward one)."""
+    if not recurrent(config):
+        return None
+    return Memory(initial=lambda num_envs: initial_core(config.core, config.core_size, num_envs))
+
+
+def recurrent_policy_functions(spec: EnvSpec, net: RecurrentNetwork):
+    """`act(state, obs, core, reset)` (mode / clipped mean) and `explore(state, obs, core, reset, key,
+    step)` (a sample, unclipped), each returning `(action, core)`."""
+
+    def act(state, obs, core, reset):
+        (outputs, _), core = net.apply(state.params, obs, core, reset)
+        d = policy_distribution(outputs, spec.discrete)
+        if spec.discrete:
+            return d.mode().astype(jnp.int32), core
+        return jnp.clip(d.mode(), -1.0, 1.0), core
+
+    def explore(state, obs, core, reset, key, step=None):
+        del step
+        (outputs, _), core = net.apply(state.params, obs, core, reset)
+        if spec.discrete:
+            return jax.random.categorical(key, outputs).astype(jnp.int32), core
+        return policy_distribution(outputs, spec.discrete).sample(seed=key), core
+
+    return act, explore
+
+
+def score_sequences(net: RecurrentNetwork, params, rollout):
+    """(policy outputs, values, next values), each `[T, N, ...]`, of a rollout under a recurrent net.
+
+    The net runs over the rollout from its stored start state `rollout.core` with its reset flags;
+    `next_values[t]` is the value of the true successor `next_obs_t` after the core state of step t
+    (one more core step, batched over all t), so truncated steps and the last step bootstrap
+    from the observation they really reached.
+    """
+    (outputs, values), _, cores = unroll(net, params, rollout.obs, rollout.core, rollout.reset, all_cores=True)
+    x = net.apply(params, rollout.next_obs, method=net.encode)
+    _, y = net.apply(params, cores, x, jnp.zeros(rollout.reset.shape, jnp.bool_), method=net.recur)
+    _, next_values = net.apply(params, y, method=net.decode)
+    return outputs, values, next_values

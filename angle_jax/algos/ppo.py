@@ -20,14 +20,16 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos.minibatch import flatten_steps, minibatch_updates
-from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, lr_schedule, network, normalize_advantages,
-                                             policy_functions)
+from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, init_params, lr_schedule, memory_for, network,
+                                             normalize_advantages, policy_functions, recurrent,
+                                             recurrent_policy_functions, score_sequences)
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
 from angle_jax.core.returns import gae
 from angle_jax.core.types import AlgoSpec, Algorithm, Rollout, Validation, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import ActorCritic, policy_distribution
+from angle_jax.networks.recurrent import RecurrentNetwork, unroll
 
 PPO_POLICY_LOSSES = ("clipped", "pg")
 
@@ -97,6 +99,10 @@ class Config(OnPolicyConfig):
         for name in ("clip_eps", "vf_clip"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if num_envs is not None and self.core != "none" and num_envs % self.minibatches:
+            raise ValueError(
+                f"minibatches ({self.minibatches}) must divide num_envs ({num_envs}): a recurrent policy "
+                f"(core {self.core}) learns from minibatches of whole env sequences")
         if num_envs is not None and (num_envs * self.rollout_length) % self.minibatches:
             raise ValueError(
                 f"minibatches ({self.minibatches}) must divide num_envs * rollout_length "
@@ -159,21 +165,46 @@ def score_rollout(net: ActorCritic, spec: EnvSpec, params: dict, rollout: Rollou
     return flatten_steps(batch)
 
 
+def score_sequences_batch(net: RecurrentNetwork, spec: EnvSpec, params: dict, rollout: Rollout, gamma: jax.Array,
+                          gae_lambda: jax.Array) -> PPOBatch:
+    """`score_rollout` for a recurrent net: the same batch, kept time-major `[T, N, ...]` (the
+    net runs over the rollout from its stored start state, see `score_sequences`)."""
+    rollout = jax.lax.stop_gradient(rollout)
+    outputs, values, next_values = jax.lax.stop_gradient(score_sequences(net, params, rollout))
+    log_prob = policy_distribution(outputs, spec.discrete).log_prob(rollout.action)
+    advantages, returns = gae(rollout.reward, values, next_values, rollout.terminated, rollout.truncated,
+                              gamma, gae_lambda)
+    return PPOBatch(rollout.obs, rollout.action, log_prob, values, advantages + rollout.advantage_bonus, returns)
+
+
 def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """PPO for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
     net = network(config, spec)
     tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
-    act, explore = policy_functions(config, spec, net)
+    if recurrent(config):
+        act, explore = recurrent_policy_functions(spec, net)
+    else:
+        act, explore = policy_functions(config, spec, net)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> PPOState:
-        params = net.init(key, jnp.zeros((1, *spec_.obs_shape), spec_.obs_dtype))
+        params = init_params(config, spec_, net, key)
         return PPOState(params, tx.init(params), hparams_from_config(PPOHParams, config),
                         jnp.zeros((), jnp.int32))
 
     def loss(params, batch: PPOBatch, hp: PPOHParams):
-        outputs, values = net.apply(params, batch.obs)
+        return loss_terms(*net.apply(params, batch.obs), batch, hp)
+
+    def sequence_loss(params, sequences: tuple[PPOBatch, jax.Array, object], hp: PPOHParams):
+        """The loss of a minibatch of whole env sequences: fields `[n, T, ...]`, reset `[n, T]`, start core."""
+        batch, reset, core = sequences
+        batch, reset = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batch, reset))
+        (outputs, values), _ = unroll(net, params, batch.obs, core, reset)
+        return loss_terms(outputs, values, flatten_steps(batch), hp, flatten_steps)
+
+    def loss_terms(outputs, values, batch: PPOBatch, hp: PPOHParams, flat=lambda x: x):
+        outputs, values = flat((outputs, values))
         d = policy_distribution(outputs, spec.discrete)
         log_prob = d.log_prob(batch.action)
         adv = normalize_advantages(batch.advantage) if config.normalize_advantages else batch.advantage
@@ -188,20 +219,30 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         }
 
     def update(state: PPOState, rollout: Rollout, key: jax.Array):
-        batch = score_rollout(net, spec, state.params, rollout, state.hparams.gamma, state.hparams.gae_lambda)
+        if recurrent(config):
+            # minibatches of whole env sequences: env-major fields, the core state at their start
+            steps = score_sequences_batch(net, spec, state.params, rollout, state.hparams.gamma,
+                                          state.hparams.gae_lambda)
+            steps, reset = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (steps, rollout.reset))
+            batch = (steps, reset, rollout.core)
+            objective = sequence_loss
+        else:
+            batch = score_rollout(net, spec, state.params, rollout, state.hparams.gamma, state.hparams.gae_lambda)
+            objective = loss
         lr = schedule(state.hparams.learning_rate, state.step)
 
         def step(carry, minibatch, _key):
             params, opt_state = carry
-            grads, metrics = jax.grad(loss, has_aux=True)(params, minibatch, state.hparams)
+            grads, metrics = jax.grad(objective, has_aux=True)(params, minibatch, state.hparams)
             grads = maybe_pmean(grads, config.axis_name)
             params, opt_state = apply_gradients(tx, params, opt_state, grads, lr)
             return (params, opt_state), metrics
 
         (params, opt_state), metrics = minibatch_updates(
             step, (state.params, state.opt_state), batch, key, config.epochs, config.minibatches)
-        metrics.update(learning_rate=lr, value_mean=jnp.mean(batch.value),
-                       advantage_mean=jnp.mean(batch.advantage))
+        scored = batch[0] if recurrent(config) else batch
+        metrics.update(learning_rate=lr, value_mean=jnp.mean(scored.value),
+                       advantage_mean=jnp.mean(scored.advantage))
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     def validation(reference_gamma: float | None = None, reference_lambda: float | None = None,
@@ -218,6 +259,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         inner update runs PPO on the first half of the rollout (in time), so `minibatches` must
         divide `num_envs * (rollout_length // 2)`.
         """
+        if recurrent(config):
+            raise ValueError(f"meta-gradients do not support a recurrent policy yet (agent.core = {config.core})")
         if policy_loss not in PPO_POLICY_LOSSES:
             raise ValueError(f"meta.policy_loss must be one of {', '.join(PPO_POLICY_LOSSES)}, got {policy_loss!r}")
         half = (config.rollout_length // 2) * spec.num_envs
@@ -248,11 +291,12 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return Validation(objective, prepare)
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
-                                  validation=validation, kernels=kernels))
+                                  validation=validation, kernels=kernels, memory=memory_for(config)))
 
 
 SPEC = AlgoSpec(name="ppo", loop="on_policy", action_kind="both", Config=Config, make=make,
-                presets={"CartPole-v1": "ppo_cartpole.yaml", "Pendulum-v1": "ppo_pendulum.yaml",
+                presets={"CartPole-v1": "ppo_cartpole.yaml", "CartPoleNoVel-v1": "ppo_cartpole_novel.yaml",
+                         "Pendulum-v1": "ppo_pendulum.yaml",
                          "Breakout-MinAtar": "ppo_minatar.yaml"},
                 meta_options=("reference_gamma", "reference_lambda", "policy_loss"),
                 meta_params=("gamma", "gae_lambda"))

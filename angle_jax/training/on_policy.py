@@ -48,6 +48,8 @@ class OnPolicyCarry:
     key: jax.Array
     iteration: jax.Array  # learning iterations done; shared by all seeds
     meta: Any = None  # the meta learner's state, if there is one
+    core: Any = None  # a recurrent policy's core state per env (Algorithm.memory)
+    reset: jax.Array | None = None  # bool [num_envs]: obs starts an episode (recurrent policies)
 
     shared_fields = ("iteration",)
 
@@ -123,28 +125,40 @@ def apply_outputs(rollout: Rollout, outputs: list[ModuleOutput]) -> Rollout:
 
 
 def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Array, key: jax.Array,
-            length: int, episodes: EpisodeAccumulator, step0: jax.Array):
-    """`length` vectorised env steps with `algo.explore`; returns the rollout and the env carry."""
+            length: int, episodes: EpisodeAccumulator, step0: jax.Array, core: Any = None,
+            reset: jax.Array | None = None):
+    """`length` vectorised env steps with `algo.explore`; returns the rollout and the env carry.
+
+    A recurrent policy (`algo.memory`) carries `core` and `reset` through the steps; the rollout
+    keeps the reset flags and the core state at its first step, and the next core and reset
+    flags are returned with the env carry."""
     to_env = env_action_fn(env)
     n = env.spec.num_envs
-    pack, unpack = _pack_per_env((env_state, obs), n)
+    memory = algo.memory
+    pack, unpack = _pack_per_env((env_state, obs, core), n)
 
     def body(c, k):
-        packed, rest, stats, t = c
-        env_state, obs = unpack(packed, rest)
+        packed, rest, reset, stats, t = c
+        env_state, obs, core = unpack(packed, rest)
         k_act, k_env = jax.random.split(k)
-        action = algo.explore(agent, obs, k_act, step0 + t * n)
+        if memory is None:
+            action = algo.explore(agent, obs, k_act, step0 + t * n)
+        else:
+            action, core = algo.explore(agent, obs, core, reset, k_act, step0 + t * n)
         env_state, ts = env.step(env_state, to_env(action), k_env)
-        out = (obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs)
-        return (*pack((env_state, ts.obs)), EpisodeAccumulator.add_per_env(stats, ts.info), t + 1), out
+        out = (obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs, reset)
+        next_reset = None if memory is None else ts.done
+        return (*pack((env_state, ts.obs, core)), next_reset, EpisodeAccumulator.add_per_env(stats, ts.info),
+                t + 1), out
 
-    (packed, rest, stats, _), (o, a, r, term, trunc, nxt) = jax.lax.scan(
-        body, (*pack((env_state, obs)), EpisodeAccumulator.per_env(n), jnp.zeros((), jnp.int32)),
+    (packed, rest, next_reset, stats, _), (o, a, r, term, trunc, nxt, resets) = jax.lax.scan(
+        body, (*pack((env_state, obs, core)), reset, EpisodeAccumulator.per_env(n), jnp.zeros((), jnp.int32)),
         jax.random.split(key, length))
-    env_state, obs = unpack(packed, rest)
+    env_state, obs, next_core = unpack(packed, rest)
     episodes = episodes.merge(stats)
-    rollout = Rollout(o, a, r.astype(jnp.float32), term, trunc, nxt, jnp.zeros_like(r, jnp.float32))
-    return rollout, env_state, obs, episodes
+    rollout = Rollout(o, a, r.astype(jnp.float32), term, trunc, nxt, jnp.zeros_like(r, jnp.float32),
+                      reset=resets, core=core)
+    return rollout, env_state, obs, episodes, next_core, next_reset
 
 
 def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | None = None,
@@ -158,6 +172,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
     if algo.exploration is not None:
         raise ValueError("stateful exploration (Algorithm.exploration) runs only in the off-policy loop")
+    if meta is not None and algo.memory is not None:
+        raise ValueError("meta-learners and auxiliary models do not support a recurrent policy (agent.core) yet")
     steps_per_iteration = loop.rollout_length * loop.num_envs
     modules = tuple(modules)
 
@@ -165,13 +181,17 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         k_agent, k_env, k_mod, k_carry = jax.random.split(key, 4)
         agent = algo.init(k_agent, spec)
         obs, env_state = env.reset(k_env)
+        core = reset = None
+        if algo.memory is not None:
+            core, reset = algo.memory.initial(spec.num_envs), jnp.ones(spec.num_envs, jnp.bool_)
         mod_keys = jax.random.split(k_mod, max(1, len(modules)))
         mod_states = tuple(m.init(k, spec) for m, k in zip(modules, mod_keys))
         meta_state = None
         if meta is not None:
             k_carry, k_meta = jax.random.split(k_carry)
             meta_state = meta.init(k_meta, agent, spec)
-        carry = OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32), meta_state)
+        carry = OnPolicyCarry(agent, mod_states, env_state, obs, k_carry, jnp.zeros((), jnp.int32), meta_state,
+                              core, reset)
         return strong_types(carry)
 
     def meta_step(carry: OnPolicyCarry, agent: Any, rollout: Rollout, key: jax.Array):
@@ -185,9 +205,9 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
 
     def iteration(carry: OnPolicyCarry, episodes: EpisodeAccumulator):
         key, k_roll, k_mod, k_update = jax.random.split(carry.key, 4)
-        rollout, env_state, obs, episodes = collect(
+        rollout, env_state, obs, episodes, core, reset = collect(
             algo, env, carry.agent, carry.env_state, carry.obs, k_roll, loop.rollout_length, episodes,
-            carry.iteration * steps_per_iteration)
+            carry.iteration * steps_per_iteration, carry.core, carry.reset)
         metrics = {}
         mod_states, outputs = [], []
         for module, state, k in zip(modules, carry.modules, jax.random.split(k_mod, max(1, len(modules)))):
@@ -203,7 +223,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
             metrics.update(meta_metrics)
         agent, algo_metrics = algo.update(agent, rollout, k_update)
         metrics.update(algo_metrics)
-        carry = OnPolicyCarry(agent, tuple(mod_states), env_state, obs, key, carry.iteration + 1, meta_state)
+        carry = OnPolicyCarry(agent, tuple(mod_states), env_state, obs, key, carry.iteration + 1, meta_state,
+                              core, reset)
         return carry, episodes, metrics
 
     def run(carry: OnPolicyCarry, num_iters: int) -> tuple[OnPolicyCarry, dict]:
