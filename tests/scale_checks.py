@@ -152,7 +152,26 @@ def check_multihost(process_id: int, port: int) -> dict:
     return out
 
 
-CHECKS = {"sharded_sweep": check_sharded_sweep, "dp_update": check_dp_update, "dp_train": check_dp_train}
+def check_recurrent_init() -> dict:
+    """8 seeds of a 64-unit LSTM policy built on 4 devices (2 runs each): the init program once
+    deadlocked here (batched LAPACK QRs of the orthogonal initialisers waiting on each other);
+    each seed's parameters must equal the single run's with that seed."""
+    over = ["total_steps=512", "num_envs=2", "agent.core=lstm", "agent.core_size=64", "agent.hidden=[8]",
+            "agent.rollout_length=16", "agent.minibatches=1", "progress=false", "tensorboard=false"]
+    many = Trainer(load_config(overrides=over + ["seeds=8"], algo="ppo", env="CartPoleNoVel-v1"),
+                   devices=jax.devices())
+    params = jax.device_get(many.init_carry().agent.params)
+    diffs = []
+    for seed in (0, 5):
+        one = Trainer(load_config(overrides=over + [f"seed={seed}"], algo="ppo", env="CartPoleNoVel-v1"),
+                      devices=jax.devices()[:1])
+        single = jax.device_get(one.init_carry().agent.params)
+        diffs.append(max_diff(jax.tree.map(lambda x: x[seed], params), jax.tree.map(lambda x: x[0], single)))
+    return {"mesh": list(many.mesh.devices.shape), "seed_vs_single": diffs}
+
+
+CHECKS = {"sharded_sweep": check_sharded_sweep, "dp_update": check_dp_update, "dp_train": check_dp_train,
+          "recurrent_init": check_recurrent_init}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["multihost"]:

@@ -62,6 +62,12 @@ def test_sharded_runs_equal_single_device_runs(checks):
     assert r["logs_diff"] < 1e-4
 
 
+def test_recurrent_seeds_build_on_several_devices_as_single_runs(checks):
+    r = checks[0]["recurrent_init"]
+    assert r["mesh"] == [4, 1]
+    assert r["seed_vs_single"] == [0.0, 0.0]
+
+
 def test_sweep_grid_is_keyed_by_config_then_seed(checks):
     r = checks[0]["sharded_sweep"]
     np.testing.assert_allclose(r["run_critic_lr"], [0.0, 0.0, 1e-3, 1e-3])

@@ -73,6 +73,15 @@ def with_run_axis(axes: Any, tree: Any) -> Any:
                         axes, tree, is_leaf=lambda x: x is None)
 
 
+def map_runs(fn, axes: Any, *args) -> Any:
+    """`fn` over the leading axis of `args`, one index after another (`lax.map`), its outputs
+    stacked like `jax.vmap(fn, out_axes=axes)` would: leaves whose axis in the `seed_axes` prefix
+    `axes` is None (shared counters, the same for every index) are kept once."""
+    stacked = jax.lax.map(lambda xs: fn(*xs), args)
+    return jax.tree.map(lambda a, sub: jax.tree.map(lambda x: x[0], sub) if a is None else sub,
+                        axes, stacked, is_leaf=lambda x: x is None)
+
+
 def split_buffer(carry):
     """(replay buffer, rest of the carry); (None, carry) when the loop has no buffer."""
     if getattr(carry, "buffer", None) is None:
@@ -130,7 +139,7 @@ class RunPrograms:
         self.carry_spec = jax.tree.map(
             lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh, weak_type=a.weak_type),
             run_abstract, self.shardings)
-        self._init = jax.jit(self._vmap(self._init_run, out_axes=self.axes), out_shardings=self.shardings)
+        self._init = jax.jit(self._init_program(), out_shardings=self.shardings)
         self._init_compiled = None
         self._runs: dict[int, Any] = {}
         self._evaluate_compiled = None
@@ -158,6 +167,29 @@ class RunPrograms:
                               f"replay {fmt(replay)}), more than the {fmt(limit)} of memory available on "
                               f"{devices[0].platform}; lower buffer_size, seeds or the sweep")
 
+    def _init_program(self):
+        """The init program over all runs: one run after another (`lax.map`), not vmapped.
+
+        jaxlib's CPU LAPACK kernels split a batch of factorizations over XLA's intra-op thread
+        pool and wait for the parts; vmapped orthogonal initialisers (the QR of an LSTM's
+        recurrent kernels) became such batches, and with runs on two host devices both pool
+        threads waited on each other (a deadlock, jax 0.10.2, 4 seeds of a 64-unit LSTM on 2
+        devices). Built one run at a time, each run's parameters are also exactly the single
+        run's. With runs spread over devices (and no data-parallel shards) each device builds
+        only its own runs (`shard_map`): nothing in a run's init needs another run."""
+        if self.runs == 1 or not self.vmappable:
+            return self._vmap(self._init_run, out_axes=self.axes)
+        axes = self.axes
+
+        def init(keys, values):
+            return map_runs(self._init_run, axes, keys, values)
+
+        if self.mesh is None or self.shards > 1:
+            return init
+        run_spec = jax.sharding.PartitionSpec(parallel.RUN_AXIS)
+        return jax.shard_map(init, mesh=self.mesh, in_specs=(run_spec, run_spec),
+                             out_specs=jax.tree.map(lambda sh: sh.spec, self.shardings), check_vma=False)
+
     # ---- one run, as vmapped over runs -------------------------------------------
     def _vmap(self, fn, in_axes=0, out_axes=0):
         """`jax.vmap` over runs. A single run, and the run of an env that cannot be vmapped,
@@ -178,7 +210,8 @@ class RunPrograms:
         if self.shards == 1:
             carry = self._train_init(key)
         else:
-            carry = jax.vmap(self._train_init, out_axes=self.axes)(parallel.shard_keys(key, self.shards))
+            # one shard after another, as the runs (see `_init_program`)
+            carry = map_runs(self._train_init, self.axes, parallel.shard_keys(key, self.shards))
             carry = carry.replace(agent=parallel.same_on_all_shards(self.axes.agent, carry.agent))
         return carry.replace(agent=set_hparams(carry.agent, values))
 
