@@ -165,6 +165,7 @@ def main(argv=None) -> int:
 
     import imageio.v2 as imageio
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from angle_jax import devices, xla_cpu
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
     key, k_reset = jax.random.split(key)
     obs, state = jax.jit(env.reset)(k_reset)
     n = args.episodes
+    # a recurrent policy carries its core state per env, reset where an episode starts (as evaluation does)
+    memory = algo.memory
+    core = None if memory is None else memory.initial(n)
+    reset = jnp.ones(n, jnp.bool_)
     horizon = args.max_steps or env.spec.max_episode_steps
     returns = np.zeros(n)
     lengths = np.zeros(n, int)
@@ -204,7 +209,12 @@ def main(argv=None) -> int:
             fail(str(e))
     for _ in range(horizon):
         key, k = jax.random.split(key)
-        state, ts = step(state, act(agent, obs), k)
+        if memory is None:
+            action = act(agent, obs)
+        else:
+            action, core = act(agent, obs, core, reset)
+        state, ts = step(state, action, k)
+        reset = ts.done
         reward = np.asarray(ts.info.get("raw_reward", ts.reward))
         done = np.asarray(ts.info.get("episode_end", ts.done))
         returns += np.where(alive, reward, 0.0)

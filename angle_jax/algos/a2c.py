@@ -3,6 +3,8 @@
 `a2c_loss` is the named piece (the returns are `angle_jax.core.returns.n_step_returns`);
 `make` composes them into an `Algorithm` run by `angle_jax.training.on_policy`. It shares
 the actor-critic network, action handling and config checks with PPO (`policy_gradient`).
+With `core` set (lstm, gru) the policy is recurrent: the update unrolls the net over the whole
+rollout from its stored start state, one gradient step over all its steps.
 """
 from __future__ import annotations
 
@@ -14,14 +16,16 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos.minibatch import flatten_steps
-from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, lr_schedule, network, normalize_advantages,
-                                             policy_functions)
+from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, init_params, lr_schedule, memory_for,
+                                             network, normalize_advantages, policy_functions, recurrent,
+                                             recurrent_policy_functions, score_sequences)
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
 from angle_jax.core.returns import n_step_returns
 from angle_jax.core.types import AlgoSpec, Algorithm, Rollout, bind_kernels
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.policies import policy_distribution
+from angle_jax.networks.recurrent import unroll
 
 
 # ---- named pieces -------------------------------------------------------------
@@ -78,23 +82,38 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
     net = network(config, spec)
     tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
-    act, explore = policy_functions(config, spec, net)
+    if recurrent(config):
+        act, explore = recurrent_policy_functions(spec, net)
+    else:
+        act, explore = policy_functions(config, spec, net)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> A2CState:
-        params = net.init(key, jnp.zeros((1, *spec_.obs_shape), spec_.obs_dtype))
+        params = init_params(config, spec_, net, key)
         return A2CState(params, tx.init(params), hparams_from_config(A2CHParams, config),
                         jnp.zeros((), jnp.int32))
 
     def update(state: A2CState, rollout: Rollout, key: jax.Array):
         del key
         hp = state.hparams
-        next_values = net.apply(state.params, rollout.next_obs, method=net.value)
+        if recurrent(config):
+            # next values of the true successors, after each step's core state (see `score_sequences`)
+            _, _, next_values = jax.lax.stop_gradient(score_sequences(net, state.params, rollout))
+        else:
+            next_values = net.apply(state.params, rollout.next_obs, method=net.value)
         returns = n_step_returns(rollout.reward, next_values, rollout.terminated, rollout.truncated, hp.gamma)
         returns, bonus = flatten_steps((returns, rollout.advantage_bonus))
         obs, action = flatten_steps((rollout.obs, rollout.action))
 
+        def outputs_and_values(params):
+            """Policy outputs and values of all T x N steps, flat; a recurrent net runs over the rollout
+            from its stored start state with its reset flags."""
+            if recurrent(config):
+                (outputs, values), _ = unroll(net, params, rollout.obs, rollout.core, rollout.reset)
+                return flatten_steps((outputs, values))
+            return net.apply(params, obs)
+
         def objective(params):
-            outputs, values = net.apply(params, obs)
+            outputs, values = outputs_and_values(params)
             d = policy_distribution(outputs, spec.discrete)
             adv = returns - values + bonus
             if config.normalize_advantages:
@@ -112,7 +131,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
-                                  kernels=kernels))
+                                  kernels=kernels, memory=memory_for(config)))
 
 
 SPEC = AlgoSpec(name="a2c", loop="on_policy", action_kind="both", Config=Config, make=make,
