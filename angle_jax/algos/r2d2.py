@@ -30,8 +30,10 @@ from angle_jax.core.types import AlgoSpec, Algorithm, Memory, SequenceBatch, bin
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.heads import DuelingHead, QHead
 from angle_jax.networks.mlp import ACTIVATIONS
-from angle_jax.networks.recurrent import CORES, RecurrentNetwork, burn_in, initial_core, make_encoder, unroll
+from angle_jax.networks.recurrent import (CORES, ENCODERS, RecurrentNetwork, burn_in, initial_core, make_encoder,
+                                          unroll)
 from angle_jax.replay.buffer import ReplayBuffer
+from angle_jax.replay.frames import frame_replay_for
 from angle_jax.replay.sequence import sequence_priority, sequence_replay
 
 
@@ -39,12 +41,15 @@ from angle_jax.replay.sequence import sequence_priority, sequence_replay
 class Config:
     """R2D2 settings. Sizes and flags are static; the floats named in `R2D2HParams` are traced.
 
-    Network: `torso` encoder ("auto": dense layers `hidden` for vector observations, the
-    MinAtar CNN for grids), a `core` ("lstm" or "gru") of `core_size` units, and a (dueling)
-    head with `head_hidden` layers. Replay: sequences of `burn_in + unroll + n_step` steps,
-    one starting every `period` steps per env (overlapping when `period` is shorter),
-    prioritized with exponent `per_alpha`, importance weights annealed from `per_beta0` to 1
-    over `per_beta_steps` env steps, sequence priority mixing max and mean |δ| by `per_eta`.
+    Network: `torso` encoder then dense layers `hidden` ("auto": none for vector observations,
+    the MinAtar CNN for grids, the Nature CNN for stacked Atari frames `[K, 84, 84]`), a `core`
+    ("lstm" or "gru") of `core_size` units, and a (dueling) head with `head_hidden` layers.
+    Replay: sequences of `burn_in + unroll + n_step` steps, one starting every `period` steps
+    per env (overlapping when `period` is shorter), prioritized with exponent `per_alpha`,
+    importance weights annealed from `per_beta0` to 1 over `per_beta_steps` env steps, sequence
+    priority mixing max and mean |δ| by `per_eta`. Stacked uint8 frames are stored once each
+    (`sequence_replay(frames=True)`), with `shift_frames` side frames per `period` rows for the
+    frames skipped after lost lives (sequences crossing a block with more are left out).
     """
 
     hidden: tuple[int, ...] = (64,)
@@ -64,6 +69,7 @@ class Config:
     per_beta_steps: int = 100_000
     per_eta: float = 0.9
     per_eps: float = 1e-6
+    shift_frames: int = 2
     value_rescale_eps: float = 1e-3
     target_update_interval: int = 2_500
     max_grad_norm: float = 40.0
@@ -84,13 +90,16 @@ class Config:
                 raise ValueError(f"{name} must be a list of positive widths, got {list(getattr(self, name))}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.torso not in ("auto", "mlp", "cnn"):
-            raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn', got {self.torso!r}")
+        if self.torso not in ENCODERS:
+            raise ValueError(f"torso must be one of {', '.join(repr(e) for e in ENCODERS)} (cnn: the MinAtar CNN "
+                             f"for [10, 10, C] grids, the Nature CNN for [4, 84, 84] frames), got {self.torso!r}")
         if self.core not in CORES:
             raise ValueError(f"core must be one of {', '.join(CORES)}, got {self.core!r}")
         for name in ("core_size", "unroll", "n_step", "period", "target_update_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.shift_frames <= 250:
+            raise ValueError(f"shift_frames must be in [0, 250], got {self.shift_frames}")
         if self.burn_in < 0:
             raise ValueError(f"burn_in must be >= 0, got {self.burn_in}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -257,9 +266,11 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
                 f"a stored sequence (agent.burn_in + agent.unroll + agent.n_step = {length} steps) does not fit "
                 f"the replay's {loop.capacity_per_env} rows per env (buffer_size / num_envs, rounded down to a "
                 f"multiple of agent.period = {config.period}: {rows}); raise buffer_size or shorten the sequence")
+        # stacked Atari frames: each frame stored once, stacks rebuilt at sample time
+        frames = frame_replay_for(spec.obs_shape, spec.obs_dtype)
         return sequence_replay(rows, loop.batch_size, length, config.period, prioritized=config.prioritized,
                                alpha=config.per_alpha, beta0=config.per_beta0, beta_steps=config.per_beta_steps,
-                               eps=config.per_eps)
+                               eps=config.per_eps, frames=frames, shift_frames=config.shift_frames)
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
                                   make_buffer=make_buffer, kernels=kernels,
@@ -267,5 +278,4 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
 
 
 SPEC = AlgoSpec(name="r2d2", loop="off_policy", action_kind="discrete", Config=Config, make=make,
-                presets={"MemoryChain-bsuite": "r2d2_memory_chain.yaml",
-                         "Breakout-MinAtar": "r2d2_minatar.yaml"})
+                presets={"MemoryChain-bsuite": "r2d2_memory_chain.yaml", "Breakout-MinAtar": "r2d2_minatar.yaml"})

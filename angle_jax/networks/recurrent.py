@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from angle_jax.networks.cnn import MinAtarTorso
+from angle_jax.networks.cnn import MinAtarTorso, NatureCNN
 from angle_jax.networks.initializers import orthogonal
 from angle_jax.networks.mlp import activation as get_activation
 from angle_jax.networks.mlp import as_float
@@ -88,17 +88,47 @@ class GridEncoder(nn.Module):
         return x.reshape(*lead, x.shape[-1])
 
 
+class FrameEncoder(nn.Module):
+    """The Nature DQN CNN over stacked frames `[..., K, H, W]` (channels first, envpool's layout) of any
+    batch shape, then dense layers `hidden` (`(512,)`: the Nature network); uint8 frames are scaled inside."""
+
+    hidden: Sequence[int] = (512,)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        act = get_activation(self.activation)
+        x = NatureCNN(None, channels_first=True)(obs)
+        for width in self.hidden:
+            x = act(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2)), bias_init=nn.initializers.zeros)(x))
+        return x
+
+
+ENCODERS = ("auto", "mlp", "cnn", "nature")
+
+
 def make_encoder(kind: str, hidden: Sequence[int], activation: str, obs_shape: tuple[int, ...]) -> nn.Module:
-    """"mlp" for vector observations, "cnn" (MinAtar) for `[10, 10, C]` grids; "auto" picks by rank."""
+    """The encoder `kind` for `obs_shape`, followed by dense layers `hidden`: "mlp" for vector observations,
+    "nature" (the Nature CNN) for stacked frames `[K, H, W]` such as Atari's `[4, 84, 84]`, "cnn" the CNN
+    for the shape (the MinAtar CNN for `[H, W, C]` grids with H, W <= 32, else "nature" for frames, as
+    the policy-gradient torsos do), "auto": "cnn" for rank-3 observations, else "mlp"."""
+    frames = len(obs_shape) == 3 and obs_shape[0] < min(obs_shape[1:]) and max(obs_shape[1:]) > 32
     if kind == "auto":
         kind = "cnn" if len(obs_shape) == 3 else "mlp"
+    if kind == "cnn" and frames:
+        kind = "nature"
+    if kind == "nature":
+        if not frames or min(obs_shape[1:]) < 36:
+            raise ValueError(f"the nature encoder takes stacked frames [K, H, W] (channels first, H, W >= 36), "
+                             f"got observations of shape {obs_shape}")
+        return FrameEncoder(tuple(hidden), activation)
     if kind == "cnn":
         if len(obs_shape) != 3 or max(obs_shape[:2]) > 32:
-            raise ValueError(f"the recurrent cnn encoder takes MinAtar-sized grids [H, W, C] (H, W <= 32), "
-                             f"got observations of shape {obs_shape}")
+            raise ValueError(f"the recurrent cnn encoder takes MinAtar-sized grids [H, W, C] (H, W <= 32) or "
+                             f"stacked frames [K, H, W] (K < H, W), got observations of shape {obs_shape}")
         return GridEncoder(tuple(hidden), activation)
     if kind != "mlp":
-        raise ValueError(f"torso must be 'auto', 'mlp' or 'cnn', got {kind!r}")
+        raise ValueError(f"torso must be one of {', '.join(repr(e) for e in ENCODERS)}, got {kind!r}")
     return VectorEncoder(tuple(hidden), activation, len(obs_shape))
 
 
