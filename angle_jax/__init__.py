@@ -21,7 +21,7 @@ def _export(module: str, *names: str) -> None:
 
 
 # modules
-for _name in ("td3", "sac", "ddpg", "dqn", "rainbow", "ppo", "a2c", "rnd"):
+for _name in ("td3", "sac", "ddpg", "dqn", "rainbow", "r2d2", "ppo", "a2c", "rnd"):
     _MODULES[_name] = f"angle_jax.algos.{_name}"
 for _name in ("off_policy", "on_policy"):
     _MODULES[_name] = f"angle_jax.training.{_name}"
@@ -30,9 +30,9 @@ for _name in ("registry", "config", "xla_cpu", "core", "networks", "replay", "me
 # the bottom layer: types, returns, optimizer steps, kernels, vmap axes
 _export("angle_jax.core.types", "AlgoSpec", "Algorithm", "Exploration", "MetaLearner", "Module", "ModuleOutput",
         "ModuleSpec", "NStepBatch", "Rollout", "Transition", "UnknownNameError", "Validation", "as_nstep_batch",
-        "bind_kernels")
+        "bind_kernels", "Memory", "SequenceStep", "SequenceBatch")
 _export("angle_jax.core.returns", "bellman_target", "gae", "lambda_returns", "n_step_returns", "nstep_return",
-        "td_errors")
+        "td_errors", "value_rescale", "inverse_value_rescale", "sequence_nstep_returns")
 _export("angle_jax.core.optim", "apply_gradients", "direction_optimizer", "get_hparams", "gradient_step",
         "hparam_names", "hparams_from_config", "maybe_pmean", "polyak_update", "set_hparams")
 _export("angle_jax.core.kernels", "Kernels", "XLA")
@@ -41,13 +41,14 @@ _export("angle_jax.xla_cpu", "CPU")
 # networks
 _export("angle_jax.networks", "MLP", "DeterministicActor", "QEnsemble", "ActorCritic", "Critic",
         "SquashedGaussianActor", "QNetwork", "NoisyDense", "NatureCNN", "MinAtarTorso", "policy_distribution",
-        "orthogonal")
+        "orthogonal", "RecurrentNetwork", "MemoryCore", "unroll", "burn_in")
 # envs
 _export("angle_jax.envs.base", "Env", "EnvSpec", "TimeStep", "Box", "Discrete")
 _export("angle_jax.registry", "make_env", "register_env", "algo_names", "env_names", "algo_spec")
 # replay
 _export("angle_jax.replay", "BufferState", "ReplayBuffer", "uniform_replay", "nstep_replay", "prioritized_replay",
-        "frame_replay")
+        "frame_replay", "sequence_replay", "sequence_priority")
+_export("angle_jax.envs.partial_obs", "ObservationSubset")
 # loops, meta-learning, runs
 _export("angle_jax.training.off_policy", "OffPolicyLoop")
 _export("angle_jax.training.on_policy", "OnPolicyLoop")
