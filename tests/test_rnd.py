@@ -10,7 +10,7 @@ import pytest
 from angle_jax import registry
 from angle_jax.algos import ppo, rnd
 from angle_jax.config import RunConfig
-from angle_jax.core import types
+from angle_jax.core import running_stats, types
 from angle_jax.training import build, on_policy
 
 
@@ -19,32 +19,17 @@ def build_on_policy(cfg, env, eval_env=None):
     return build.build_train(cfg, registry.algo_spec(cfg.algo), env, eval_env)[1]
 
 
-class RunningStatsTest(chex.TestCase):
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_running_stats_match_numpy_over_all_batches(self):
-        rng = np.random.default_rng(0)
-        batches = [rng.normal(3.0, 2.0, size=(n, 2)).astype(np.float32) for n in (5, 17, 40)]
-        stats = rnd.RunningStats.create((2,))
-        update = self.variant(lambda s, b: s.update(b))
-        for b in batches:
-            stats = update(stats, b)
-        everything = np.concatenate(batches)
-        np.testing.assert_allclose(stats.mean, everything.mean(0), rtol=1e-3)
-        np.testing.assert_allclose(stats.var, everything.var(0), rtol=1e-3)
-
-
 def test_discounted_filter_predictor_loss_and_obs_normalisation():
     rewards = jnp.array([[1.0], [2.0], [3.0]])
-    last, e = rnd.discounted_filter(rewards, jnp.array([10.0]), 0.5)
+    last, e = running_stats.discounted_filter(rewards, jnp.array([10.0]), 0.5)
     np.testing.assert_allclose(e[:, 0], [6.0, 5.0, 5.5])
     np.testing.assert_allclose(last, [5.5])
     pred, target = jnp.array([[1.0, 1.0], [0.0, 0.0]]), jnp.zeros((2, 2))
     np.testing.assert_allclose(rnd.intrinsic_reward(pred, target), [1.0, 0.0])
     np.testing.assert_allclose(rnd.predictor_loss(pred, target, jnp.array([True, False])), 1.0)
     np.testing.assert_allclose(rnd.predictor_loss(pred, target, jnp.array([False, True])), 0.0)
-    stats = rnd.RunningStats(jnp.array([1.0]), jnp.array([4.0]), jnp.array(10.0))
-    np.testing.assert_allclose(rnd.normalize_obs(jnp.array([[3.0], [100.0]]), stats, 5.0), [[1.0], [5.0]],
+    stats = running_stats.RunningStats(jnp.array([1.0]), jnp.array([4.0]), jnp.array(10.0))
+    np.testing.assert_allclose(running_stats.normalize_obs(jnp.array([[3.0], [100.0]]), stats, 5.0), [[1.0], [5.0]],
                                rtol=1e-5)
 
 

@@ -25,6 +25,7 @@ from angle_jax.algos.minibatch import flatten_steps, minibatch_updates
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config
 from angle_jax.core.returns import gae
+from angle_jax.core.running_stats import RunningStats, discounted_filter, normalize_obs
 from angle_jax.core.types import Module, ModuleOutput, ModuleSpec, Rollout
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.initializers import orthogonal
@@ -33,39 +34,6 @@ from angle_jax.networks.policies import Critic, make_torso
 
 
 # ---- named pieces -------------------------------------------------------------
-
-@struct.dataclass
-class RunningStats:
-    """Running mean / variance over a stream of batches (parallel Welford update)."""
-
-    mean: jax.Array
-    var: jax.Array
-    count: jax.Array
-
-    @classmethod
-    def create(cls, shape: tuple[int, ...] = ()) -> "RunningStats":
-        return cls(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.full((), 1e-4, jnp.float32))
-
-    def update(self, batch: jax.Array) -> "RunningStats":
-        """Fold in `batch` whose leading axis holds samples."""
-        b_mean = jnp.mean(batch, axis=0)
-        b_var = jnp.var(batch, axis=0)
-        b_count = jnp.asarray(batch.shape[0], jnp.float32)
-        total = self.count + b_count
-        delta = b_mean - self.mean
-        mean = self.mean + delta * b_count / total
-        m2 = self.var * self.count + b_var * b_count + jnp.square(delta) * self.count * b_count / total
-        return RunningStats(mean, m2 / total, total)
-
-    @property
-    def std(self) -> jax.Array:
-        return jnp.sqrt(self.var + 1e-8)
-
-
-def normalize_obs(obs: jax.Array, stats: RunningStats, clip: float) -> jax.Array:
-    """(obs - mean) / std, clipped to [-clip, clip]."""
-    return jnp.clip((obs.astype(jnp.float32) - stats.mean) / stats.std, -clip, clip)
-
 
 def intrinsic_reward(predicted: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared prediction error per sample: `[..., D] -> [...]`."""
@@ -79,19 +47,6 @@ def predictor_loss(predicted: jax.Array, target: jax.Array, mask: jax.Array) -> 
     chex.assert_equal_shape([err, mask])
     mask = mask.astype(jnp.float32)
     return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def discounted_filter(rewards: jax.Array, carry: jax.Array, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Running discounted sums `e_t = γ e_{t-1} + r_t` over time-major `rewards [T, N]`.
-
-    Returns `(e_T, e [T, N])`; the values `e` feed the running std that scales
-    intrinsic rewards.
-    """
-    def step(e, r):
-        e = gamma * e + r
-        return e, e
-
-    return jax.lax.scan(step, carry, rewards)
 
 
 # ---- configuration and state ----------------------------------------------------
