@@ -48,6 +48,10 @@ def train_cases(scratch: Path) -> list[list[str]]:
         ["--algo", "a2c", "--env", "CartPole-v1", "--set", "meta.kind=meta_gradient"],
         ["--algo", "ppo", "--env", "CartPole-v1", "--set", "modules=[curiosity]"],
         ["--algo", "ppo", "--env", "CartPole-v1", "--set", "agent.minibatches=3", "--set", "num_envs=5"],
+        ["--algo", "ppo", "--env", "CartPole-v1", "--set", "agent.obs_clip=0"],
+        ["--algo", "ppo", "--env", "CartPole-v1", "--set", "agent.normalize_reward=true", "--set",
+         "meta.kind=meta_gradient"],
+        ["--algo", "ppo", "--env", "Breakout-MinAtar", "--set", "agent.normalize_obs=maybe"],
         [*BASE, "--sweep", "tau=0.1,0.1"], [*BASE, "--sweep", "actor_hidden=1,2"], [*BASE, "--sweep", "taux=1,2"],
         ["--algo", "td3", "--env", "DataFeedContinuous-v0", "--set", "env_kwargs.no_such=1"],
     ]

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos.minibatch import flatten_steps
-from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, init_params, lr_schedule, memory_for,
-                                             network, normalize_advantages, policy_functions, recurrent,
+from angle_jax.algos.policy_gradient import (Normalization, OnPolicyConfig, check_normalization, entropy_bonus,
+                                             init_normalization, init_params, lr_schedule, memory_for, network,
+                                             normalize_advantages, normalize_rollout, policy_functions, recurrent,
                                              recurrent_policy_functions, score_sequences)
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
@@ -72,6 +73,7 @@ class A2CState:
     opt_state: tuple
     hparams: A2CHParams
     step: jax.Array  # learning iterations so far
+    norm: Normalization | None = None  # observation / reward statistics (normalize_obs, normalize_reward)
 
     shared_fields = ("step",)
 
@@ -79,22 +81,24 @@ class A2CState:
 def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """A2C for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
+    check_normalization(config, spec)
     net = network(config, spec)
     tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
     if recurrent(config):
-        act, explore = recurrent_policy_functions(spec, net)
+        act, explore = recurrent_policy_functions(config, spec, net)
     else:
         act, explore = policy_functions(config, spec, net)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> A2CState:
         params = init_params(config, spec_, net, key)
         return A2CState(params, tx.init(params), hparams_from_config(A2CHParams, config),
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), init_normalization(config, spec_))
 
     def update(state: A2CState, rollout: Rollout, key: jax.Array):
         del key
         hp = state.hparams
+        rollout, norm = normalize_rollout(config, state.norm, rollout, hp.gamma)
         if recurrent(config):
             # next values of the true successors, after each step's core state (see `score_sequences`)
             _, _, next_values = jax.lax.stop_gradient(score_sequences(net, state.params, rollout))
@@ -128,7 +132,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         lr = schedule(hp.learning_rate, state.step)
         params, opt_state = apply_gradients(tx, state.params, state.opt_state, grads, lr)
         metrics["learning_rate"] = lr
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1, norm=norm), metrics
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
                                   kernels=kernels, memory=memory_for(config)))

@@ -1,6 +1,6 @@
 """What the on-policy actor-critics (PPO, A2C) share: their settings and checks, the
-actor-critic network, acting, learning-rate annealing, advantage normalisation and the
-entropy bonus.
+actor-critic network, acting, learning-rate annealing, advantage normalisation, the
+entropy bonus and the observation / reward normalisation.
 
 Each algorithm's `Config` extends `OnPolicyConfig` with its own fields and overrides only
 the defaults that differ; the defaults here are PPO's.
@@ -11,8 +11,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from angle_jax.core.types import Memory
+from angle_jax.core.running_stats import RunningStats, discounted_filter, normalize_obs, scale_by_std
+from angle_jax.core.types import Memory, Rollout
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import ACTIVATIONS
 from angle_jax.networks.policies import ActorCritic, ActorCriticHead, policy_distribution
@@ -34,6 +36,10 @@ class OnPolicyConfig:
     core_size: int = 64
     anneal_lr: bool = True
     normalize_advantages: bool = True
+    normalize_obs: bool = False  # running mean/std of observations, kept in the state (SB3's VecNormalize)
+    normalize_reward: bool = False  # rewards / running std of each env's discounted return
+    obs_clip: float = 10.0
+    reward_clip: float = 10.0
     max_grad_norm: float = 0.5
     adam_eps: float = 1e-5
     learning_rate: float = 2.5e-4
@@ -62,6 +68,9 @@ class OnPolicyConfig:
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("obs_clip", "reward_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if num_envs is not None and num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
 
@@ -77,6 +86,74 @@ def entropy_bonus(entropy: jax.Array) -> jax.Array:
     """Mean policy entropy; the loss subtracts `ent_coef` times this."""
     return jnp.mean(entropy)
 
+
+
+@struct.dataclass
+class Normalization:
+    """Running statistics of the observations and of each env's discounted return (None where the
+    config does not normalise that input). Part of the agent's state: every vmapped run keeps its
+    own, checkpoints carry them, and acting (evaluation and play.py too) sees the observations
+    exactly as learning did."""
+
+    obs: RunningStats | None
+    returns: RunningStats | None
+    discounted: jax.Array | None  # [num_envs] the running discounted return of each env
+
+
+def state_normalized(config) -> bool:
+    return config.normalize_obs or config.normalize_reward
+
+
+def check_normalization(config, spec: EnvSpec) -> None:
+    """Observation normalisation is for vector observations: image frames (uint8) are scaled by
+    their network."""
+    if config.normalize_obs and jnp.dtype(spec.obs_dtype) == jnp.uint8:
+        raise ValueError(f"normalize_obs is for vector observations; this env's observations are uint8 frames "
+                         f"{tuple(spec.obs_shape)}, which the network scales itself")
+
+
+def init_normalization(config, spec: EnvSpec) -> Normalization | None:
+    if not state_normalized(config):
+        return None
+    return Normalization(
+        RunningStats.create(spec.obs_shape) if config.normalize_obs else None,
+        RunningStats.create() if config.normalize_reward else None,
+        jnp.zeros((spec.num_envs,), jnp.float32) if config.normalize_reward else None)
+
+
+def observe(config, norm: Normalization | None, obs: jax.Array) -> jax.Array:
+    """The observations as the network sees them: normalised by the running statistics when
+    `normalize_obs`, else unchanged."""
+    if not config.normalize_obs:
+        return obs
+    return normalize_obs(obs, norm.obs, config.obs_clip)
+
+
+def normalize_rollout(config, norm: Normalization | None, rollout: Rollout,
+                      gamma: jax.Array) -> tuple[Rollout, Normalization | None]:
+    """The rollout as learning sees it, and the statistics with it folded in.
+
+    Observations are normalised with the statistics the rollout was collected under (so the
+    behaviour log-probs are those of the acting policy); its observations then update them.
+    Rewards are divided by the running std of each env's discounted return (restarted at episode
+    ends), the returns of this rollout included, and clipped.
+    """
+    if norm is None:
+        return rollout, None
+    axis_name = config.axis_name
+    if config.normalize_obs:
+        obs_stats = norm.obs.update(rollout.obs.reshape(-1, *rollout.obs.shape[2:]), axis_name)
+        rollout = rollout.replace(obs=observe(config, norm, rollout.obs),
+                                  next_obs=observe(config, norm, rollout.next_obs))
+        norm = norm.replace(obs=obs_stats)
+    if config.normalize_reward:
+        done = jnp.logical_or(rollout.terminated, rollout.truncated)
+        discounted, returns = discounted_filter(rollout.reward.astype(jnp.float32), norm.discounted,
+                                                jax.lax.stop_gradient(gamma), done)
+        return_stats = norm.returns.update(returns.reshape(-1), axis_name)
+        rollout = rollout.replace(reward=scale_by_std(rollout.reward, return_stats, config.reward_clip))
+        norm = norm.replace(returns=return_stats, discounted=discounted)
+    return rollout, norm
 
 
 # ---- composition --------------------------------------------------------------
@@ -126,14 +203,14 @@ def policy_functions(config, spec: EnvSpec, net: ActorCritic):
         return policy_distribution(net.apply(params, obs, method=net.actor_outputs), spec.discrete)
 
     def act(state, obs):
-        d = dist(state.params, obs)
+        d = dist(state.params, observe(config, state.norm, obs))
         if spec.discrete:
             return d.mode().astype(jnp.int32)
         return jnp.clip(d.mode(), -1.0, 1.0)
 
     def explore(state, obs, key, step=None):
         del step
-        outputs = net.apply(state.params, obs, method=net.actor_outputs)
+        outputs = net.apply(state.params, observe(config, state.norm, obs), method=net.actor_outputs)
         if spec.discrete:
             # what distrax's Categorical.sample draws (Gumbel-max over the logits), without its
             # normalisation and validity checks: a few kernels less per rollout step
@@ -160,12 +237,12 @@ def memory_for(config):
     return Memory(initial=lambda num_envs: initial_core(config.core, config.core_size, num_envs))
 
 
-def recurrent_policy_functions(spec: EnvSpec, net: RecurrentNetwork):
+def recurrent_policy_functions(config, spec: EnvSpec, net: RecurrentNetwork):
     """`act(state, obs, core, reset)` (mode / clipped mean) and `explore(state, obs, core, reset, key,
     step)` (a sample, unclipped), each returning `(action, core)`."""
 
     def act(state, obs, core, reset):
-        (outputs, _), core = net.apply(state.params, obs, core, reset)
+        (outputs, _), core = net.apply(state.params, observe(config, state.norm, obs), core, reset)
         d = policy_distribution(outputs, spec.discrete)
         if spec.discrete:
             return d.mode().astype(jnp.int32), core
@@ -173,7 +250,7 @@ def recurrent_policy_functions(spec: EnvSpec, net: RecurrentNetwork):
 
     def explore(state, obs, core, reset, key, step=None):
         del step
-        (outputs, _), core = net.apply(state.params, obs, core, reset)
+        (outputs, _), core = net.apply(state.params, observe(config, state.norm, obs), core, reset)
         if spec.discrete:
             return jax.random.categorical(key, outputs).astype(jnp.int32), core
         return policy_distribution(outputs, spec.discrete).sample(seed=key), core

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.algos.minibatch import flatten_steps, minibatch_updates
-from angle_jax.algos.policy_gradient import (OnPolicyConfig, entropy_bonus, init_params, lr_schedule, memory_for, network,
-                                             normalize_advantages, policy_functions, recurrent,
-                                             recurrent_policy_functions, score_sequences)
+from angle_jax.algos.policy_gradient import (Normalization, OnPolicyConfig, check_normalization, entropy_bonus,
+                                             init_normalization, init_params, lr_schedule, memory_for, network,
+                                             normalize_advantages, normalize_rollout, policy_functions, recurrent,
+                                             recurrent_policy_functions, score_sequences, state_normalized)
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean
 from angle_jax.core.returns import gae
@@ -128,6 +129,7 @@ class PPOState:
     opt_state: tuple
     hparams: PPOHParams
     step: jax.Array  # learning iterations (rollouts consumed) so far
+    norm: Normalization | None = None  # observation / reward statistics (normalize_obs, normalize_reward)
 
     shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
 
@@ -180,18 +182,19 @@ def score_sequences_batch(net: RecurrentNetwork, spec: EnvSpec, params: dict, ro
 def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """PPO for discrete or [-1, 1]-continuous actions; `total_steps` sets the lr annealing horizon."""
     config.validate(spec.num_envs)
+    check_normalization(config, spec)
     net = network(config, spec)
     tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, eps=config.adam_eps))
     schedule = lr_schedule(config, spec, total_steps)
     if recurrent(config):
-        act, explore = recurrent_policy_functions(spec, net)
+        act, explore = recurrent_policy_functions(config, spec, net)
     else:
         act, explore = policy_functions(config, spec, net)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> PPOState:
         params = init_params(config, spec_, net, key)
         return PPOState(params, tx.init(params), hparams_from_config(PPOHParams, config),
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), init_normalization(config, spec_))
 
     def loss(params, batch: PPOBatch, hp: PPOHParams):
         return loss_terms(*net.apply(params, batch.obs), batch, hp)
@@ -219,6 +222,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         }
 
     def update(state: PPOState, rollout: Rollout, key: jax.Array):
+        rollout, norm = normalize_rollout(config, state.norm, rollout, state.hparams.gamma)
         if recurrent(config):
             # minibatches of whole env sequences: env-major fields, the core state at their start
             steps = score_sequences_batch(net, spec, state.params, rollout, state.hparams.gamma,
@@ -243,7 +247,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         scored = batch[0] if recurrent(config) else batch
         metrics.update(learning_rate=lr, value_mean=jnp.mean(scored.value),
                        advantage_mean=jnp.mean(scored.advantage))
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1, norm=norm), metrics
 
     def validation(reference_gamma: float | None = None, reference_lambda: float | None = None,
                    policy_loss: str = "clipped") -> Validation:
@@ -261,6 +265,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         """
         if recurrent(config):
             raise ValueError(f"meta-gradients do not support a recurrent policy yet (agent.core = {config.core})")
+        if state_normalized(config):
+            raise ValueError("meta-gradients do not support agent.normalize_obs / agent.normalize_reward yet")
         if policy_loss not in PPO_POLICY_LOSSES:
             raise ValueError(f"meta.policy_loss must be one of {', '.join(PPO_POLICY_LOSSES)}, got {policy_loss!r}")
         half = (config.rollout_length // 2) * spec.num_envs
