@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -177,8 +178,14 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_device", device)
     # the kernels the run was made with (config.yaml records them): its optimizer state's layout
     kernels = xla_cpu.select(config.kernels, device.platform)
-    algo = registry.algo_spec(config.algo).make(config.agent, env.spec, total_steps=config.total_steps,
-                                                 kernels=kernels)
+    # the algorithm as the run made it (per-env state such as return statistics has the run's env count);
+    # acting takes any batch of observations
+    trained = dataclasses.replace(env.spec, num_envs=config.num_envs // max(getattr(config, "data_parallel", 1), 1))
+    try:
+        algo = registry.algo_spec(config.algo).make(config.agent, trained, total_steps=config.total_steps,
+                                                     kernels=kernels)
+    except ValueError as e:
+        fail(str(e))
     try:
         agents = load_agent(run_dir, ckpt_file, algo, config)
     except (FileNotFoundError, CheckpointError) as e:

@@ -304,7 +304,7 @@ def test_feed_forward_a2c_is_unchanged_by_the_recurrent_path():
 
 # ---- the command line ------------------------------------------------------------------------------------
 
-RECURRENT_PPO = ["--algo", "ppo", "--env", ENV, "--set", "agent.core=lstm"]   # its preset: 8 envs, 4 minibatches
+RECURRENT_PPO = ["--algo", "ppo", "--env", ENV, "--set", "agent.core=lstm"]   # its preset: 8 envs, 1 minibatch, observation and reward normalisation
 
 
 @pytest.mark.parametrize("args,pattern", [
@@ -328,11 +328,13 @@ def test_bad_recurrent_ppo_settings_exit_2_before_compiling(tmp_path, monkeypatc
 
 
 def test_play_py_runs_a_recurrent_ppo_agent(tmp_path):
-    """play.py carries the core state of a tiny recurrent PPO run through its episodes, with a video."""
+    """play.py carries the core state of a tiny recurrent PPO run (the preset: observation and reward
+    statistics in its state) through its episodes, with a video; 3 episodes where the run had 2 envs learning
+    in 2 minibatches of whole env sequences."""
     run_dir = tmp_path / "ppo_lstm"
     proc = run_in_process(
         "train.py", *RECURRENT_PPO, "--run-dir", str(run_dir), "--set", "num_envs=2", "--set", "total_steps=64",
-        "--set", "agent.rollout_length=16", "--set", "agent.minibatches=1", "--set", "agent.epochs=1",
+        "--set", "agent.rollout_length=16", "--set", "agent.minibatches=2", "--set", "agent.epochs=1",
         "--set", "agent.hidden=[8]", "--set", "agent.core_size=8", "--set", "eval_episodes=2",
         "--set", "progress=false", "--set", "tensorboard=false")
     assert proc.returncode == 0, proc.stderr
