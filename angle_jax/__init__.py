@@ -36,6 +36,7 @@ _export("angle_jax.core.returns", "bellman_target", "gae", "lambda_returns", "n_
 _export("angle_jax.core.optim", "apply_gradients", "direction_optimizer", "get_hparams", "gradient_step",
         "hparam_names", "hparams_from_config", "maybe_pmean", "polyak_update", "set_hparams")
 _export("angle_jax.core.kernels", "Kernels", "XLA")
+_export("angle_jax.core.running_stats", "RunningStats", "normalize_obs", "scale_by_std", "discounted_filter")
 _export("angle_jax.core.axes", "seed_axes")
 _export("angle_jax.xla_cpu", "CPU")
 # networks
