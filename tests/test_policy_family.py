@@ -61,6 +61,17 @@ class PolicyFamilyTest(chex.TestCase):
         np.testing.assert_allclose(gammas(5, 0.9, 0.5), [0.9, 1 - 0.1 ** 0.75 * 0.5 ** 0.25, 1 - math.sqrt(0.05),
                                                           1 - 0.1 ** 0.25 * 0.5 ** 0.75, 0.5], rtol=1e-6)
 
+    def test_endpoints_are_exact_over_a_grid_of_settings(self):
+        # exp(log(1 − γ)) need not give γ back in float32: the ends are set, not computed
+        for n in (2, 3, 7, 32, 33):
+            for gamma_max in np.linspace(0.9, 0.99999, 20).astype(np.float32):
+                for gamma_min in np.float32([0.3, 0.5, 0.9, 0.95, 0.99]):
+                    g = np.asarray(pf.gammas(n, gamma_max, gamma_min))
+                    assert g[0] == gamma_max and g[-1] == gamma_min, (n, gamma_max, gamma_min)
+            for beta_max in np.float32([0.01, 0.3, 1.7]):
+                b = np.asarray(pf.betas(n, beta_max))
+                assert b[0] == 0.0 and b[-1] == beta_max
+
     def test_schedules_take_traced_hyperparameters(self):
         b = jax.jit(lambda m: pf.betas(8, m))(jnp.float32(0.3))
         g = jax.jit(lambda hi, lo: pf.gammas(8, hi, lo))(jnp.float32(0.997), jnp.float32(0.99))
