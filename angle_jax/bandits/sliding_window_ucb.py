@@ -98,7 +98,8 @@ def select(state: BanditState, key: chex.PRNGKey, beta: float | jax.Array,
 def update(state: BanditState, arms: jax.Array, rewards: jax.Array, mask: jax.Array) -> BanditState:
     """Record `(arms[e], rewards[e])` (the arm and the episode's return) for each env whose
     episode ended (`mask[e]` true), overwriting its oldest pair once the window is full; the
-    other envs' histories are left as they are, bit for bit."""
+    other envs' histories are left as they are, bit for bit. Arms must lie in [0, num_arms):
+    another value is stored but counts for no arm."""
     num_envs = state.count.shape[0]
     chex.assert_shape([arms, rewards, mask], (num_envs,))
     mask = mask.astype(jnp.bool_)
