@@ -145,5 +145,5 @@ class LifelongTest(chex.TestCase):
         np.testing.assert_allclose(alpha, [1.0, 3.0, 0.0, 15.0], rtol=1e-6)
         r = self.variant(novelty.intrinsic_reward)(jnp.array([0.5, 0.5, 0.5, 0.5]), alpha)
         np.testing.assert_allclose(r, [0.5, 1.5, 0.5, 2.5], rtol=1e-6)      # α clipped to [1, L = 5]
-        r = novelty.intrinsic_reward(jnp.array([0.5, 0.5]), jnp.array([3.0, 9.0]), 2.0)
+        r = novelty.intrinsic_reward(jnp.array([0.5, 0.5]), jnp.array([3.0, 9.0]), L=2.0)
         np.testing.assert_allclose(r, [1.0, 1.0], rtol=1e-6)

@@ -16,6 +16,10 @@ dense `[A, C, D]` array; `gradient_step` touches only the `B·A·k` looked-up sl
 Time stamps: `time` counts events; every item of a `write` and every `touch` call stamps the
 slots it uses with the current `time` and then advances it by one, so a slot stamped later was
 used later. Free slots hold -1 and are never evicted (free slots are filled first).
+
+The neighbours passed to `touch` and `gradient_step` name slots, so they must come from the
+same dictionary contents: a `write` in between may have put another entry in a slot.
+Actions given to `write` must lie in `[0, A)` (not checked inside compiled code).
 """
 from __future__ import annotations
 

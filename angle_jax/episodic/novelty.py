@@ -136,6 +136,6 @@ def lifelong_multiplier(err: jax.Array, stats: RunningStats) -> jax.Array:
     return 1.0 + (err - stats.mean) / stats.std
 
 
-def intrinsic_reward(r_episodic: jax.Array, alpha: jax.Array, max_multiplier: float | jax.Array = 5.0) -> jax.Array:
-    """NGU's intrinsic reward `r_episodic · min(max(α, 1), L)`, `L = max_multiplier`."""
-    return r_episodic * jnp.clip(alpha, 1.0, max_multiplier)
+def intrinsic_reward(r_episodic: jax.Array, alpha: jax.Array, L: float | jax.Array = 5.0) -> jax.Array:  # noqa: N803
+    """NGU's intrinsic reward `r_episodic · min(max(α, 1), L)` (the paper's L = 5 caps the multiplier)."""
+    return r_episodic * jnp.clip(alpha, 1.0, L)
