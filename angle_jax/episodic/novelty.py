@@ -20,7 +20,10 @@ Conventions (the paper leaves them open):
   value there can test `memory.count == 0` before adding.
 - `d²_m` is the cumulative mean of all valid neighbour distances an env has produced, kept
   across episodes (`reset` does not clear it, like the paper's actor whose running average
-  outlives its episodes). Where it is 0 (only zero distances seen), `d_n` is 0.
+  outlives its episodes). Where it is 0 (only zero distances seen), `d_n` is 0. Its count is a
+  float32: it never overflows, and past 2²⁴ distances the weight of a new batch only rounds.
+- Each kernel value is at most 1, so `s ≤ √k + c`: with the paper's k = 10 and s_max = 8 the
+  `s_max` cut never applies (it needs k ≥ 64 or a smaller s_max).
 - `add` is a ring buffer per env: entry `count mod M` is written, so once an episode is longer
   than `M` steps the oldest embeddings of it are overwritten (NGU sizes `M` above the episode
   length, so this only bounds the memory). `count` is the number added since the last reset.
