@@ -11,7 +11,8 @@ Gradients of the gathered keys / values `[B, A, k, ...]` go back to their slots 
 `gradient_step`: a slot that several items of the batch looked up gets the *mean* of their
 gradients (scatter-add, divided by how often the slot was used). Differentiating `lookup` with
 respect to `state.keys` directly gives the *sum* instead (JAX's gradient of a gather) and a
-dense `[A, C, D]` array; `gradient_step` touches only the `B·A·k` looked-up slots.
+dense `[A, C, D]` array; `gradient_step` touches only the `B·A·k` looked-up slots. It is plain
+SGD with its own learning rate: no optimizer state is kept per slot.
 
 Time stamps: `time` counts events; every item of a `write` and every `touch` call stamps the
 slots it uses with the current `time` and then advances it by one, so a slot stamped later was
