@@ -139,6 +139,16 @@ class PrioritizedState:
     shared_fields = ("pos", "size", "added")  # same for every seed: see core/axes.py
 
 
+def check_priority_settings(alpha: float, beta0: float, eps: float) -> None:
+    """The prioritisation exponent α, the initial importance exponent β₀ and the priority floor ε."""
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not 0.0 <= beta0 <= 1.0:
+        raise ValueError(f"beta0 must be in [0, 1], got {beta0}")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+
 def prioritized_replay(capacity: int, batch_size: int, n_step: int = 1, alpha: float = 0.6,
                        beta0: float = 0.4, beta_steps: float = 1_000_000, eps: float = 1e-6) -> ReplayBuffer:
     """Proportional prioritised replay sampling `NStepBatch`es with importance weights.
@@ -152,12 +162,7 @@ def prioritized_replay(capacity: int, batch_size: int, n_step: int = 1, alpha: f
         raise ValueError(f"n_step must be >= 1, got {n_step}")
     if n_step > capacity:
         raise ValueError(f"n_step ({n_step}) cannot exceed the rows per env ({capacity})")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if not 0.0 <= beta0 <= 1.0:
-        raise ValueError(f"beta0 must be in [0, 1], got {beta0}")
-    if eps <= 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    check_priority_settings(alpha, beta0, eps)
     base = uniform_replay(capacity, batch_size)
 
     def init(example: Transition) -> PrioritizedState:

@@ -41,8 +41,9 @@ from flax import struct
 
 from angle_jax.core.types import SequenceBatch, SequenceStep
 from angle_jax.replay.buffer import ReplayBuffer
-from angle_jax.replay.prioritized import (beta_schedule, importance_weights, stratified_targets, sumtree_find,
-                                          tree_init, tree_leaf_values, tree_set, tree_total)
+from angle_jax.replay.prioritized import (beta_schedule, check_priority_settings, importance_weights,
+                                          stratified_targets, sumtree_find, tree_init, tree_leaf_values, tree_set,
+                                          tree_total)
 
 CONTINUE, RESTART, SHIFT = 0, 1, 2  # row kinds of a frame-deduplicated store; SHIFT + m uses side frame m
 
@@ -240,12 +241,7 @@ def sequence_replay(capacity: int, batch_size: int, sequence_length: int, period
         raise ValueError(f"sequence_length must be >= 1, got {length}")
     if length > capacity:
         raise ValueError(f"sequence_length ({length}) must not exceed capacity ({capacity})")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if not 0.0 <= beta0 <= 1.0:
-        raise ValueError(f"beta0 must be in [0, 1], got {beta0}")
-    if eps <= 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    check_priority_settings(alpha, beta0, eps)
     if shift_frames is None:
         shift_frames = -(-period // 20)
     if not 0 <= shift_frames <= 250:
