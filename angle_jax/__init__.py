@@ -25,7 +25,8 @@ for _name in ("td3", "sac", "ddpg", "dqn", "rainbow", "r2d2", "ppo", "a2c", "rnd
     _MODULES[_name] = f"angle_jax.algos.{_name}"
 for _name in ("off_policy", "on_policy"):
     _MODULES[_name] = f"angle_jax.training.{_name}"
-for _name in ("registry", "config", "xla_cpu", "core", "networks", "replay", "meta", "envs", "training", "algos"):
+for _name in ("registry", "config", "xla_cpu", "core", "networks", "replay", "episodic", "bandits", "meta", "envs",
+              "training", "algos"):
     _MODULES[_name] = f"angle_jax.{_name}"
 # the bottom layer: types, returns, optimizer steps, kernels, vmap axes
 _export("angle_jax.core.types", "AlgoSpec", "Algorithm", "Exploration", "MetaLearner", "Module", "ModuleOutput",
