@@ -140,3 +140,122 @@ def test_matches_rliable_bootstrap_intervals():
     width = theirs["x"][1] - theirs["x"][0]
     np.testing.assert_allclose(lo, theirs["x"][0], atol=0.05 * width.max())
     np.testing.assert_allclose(hi, theirs["x"][1], atol=0.05 * width.max())
+
+
+# ---- real runs ----------------------------------------------------------------------------------
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import run_script  # noqa: E402
+
+from angle_jax.report import runs as R  # noqa: E402
+
+TINY_DQN = ["--algo", "dqn", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "2000",
+            "--set", "progress=false", "--set", "tensorboard=false", "--set", "log_interval=500",
+            "--set", "eval_interval=1000", "--set", "learning_starts=200", "--set", "eval_episodes=2",
+            "--set", "agent.hidden=[16,16]", "--set", "buffer_size=2000"]
+TINY_SWEEP = ["--algo", "td3", "--env", "Pendulum-v1", "--seeds", "2", "--total-steps", "1000",
+              "--sweep", "critic_lr=1e-3,3e-4", "--set", "progress=false", "--set", "tensorboard=false",
+              "--set", "log_interval=250", "--set", "eval_interval=500", "--set", "learning_starts=250",
+              "--set", "eval_episodes=2", "--set", "buffer_size=1000", "--set", "batch_size=32",
+              "--set", "agent.actor_hidden=[16,16]", "--set", "agent.critic_hidden=[16,16]"]
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    """Three tiny runs: DQN seeds 0-1 and 2-3 (same config), a TD3 sweep of 2 points x 2 seeds."""
+    root = tmp_path_factory.mktemp("report_runs")
+    dirs = {"dqn_a": root / "dqn_a", "dqn_b": root / "dqn_b", "sweep": root / "td3_sweep"}
+    for name, args in [("dqn_a", [*TINY_DQN, "--seed", "0"]), ("dqn_b", [*TINY_DQN, "--seed", "2"]),
+                       ("sweep", TINY_SWEEP)]:
+        proc = run_script("train.py", *args, "--run-dir", str(dirs[name]), timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return dirs
+
+
+def _other_env(run_dir: Path, dest: Path) -> Path:
+    """A copy of a run directory that claims another env (for the mixed-env checks)."""
+    shutil.copytree(run_dir, dest)
+    for name in ("summary.json", "config.yaml"):
+        (dest / name).write_text((dest / name).read_text().replace("CartPole-v1", "Acrobot-v1"))
+    return dest
+
+
+def test_load_run_reads_summary_and_curves(run_dirs):
+    (run,) = R.load_run(run_dirs["dqn_a"])
+    summary = __import__("json").loads((run_dirs["dqn_a"] / "summary.json").read_text())
+    assert (run.algo, run.env, run.label, run.seeds, run.point) == ("dqn", "CartPole-v1", "dqn", (0, 1), {})
+    np.testing.assert_allclose(run.final_return, summary["final_eval_return_per_seed"])
+    c = run.curves
+    np.testing.assert_array_equal(c.steps, [500, 1000, 1500, 2000])
+    np.testing.assert_array_equal(c.eval_steps, [1000, 2000])
+    assert c.train_return.shape == (4, 2) and c.eval_return.shape == (2, 2)
+    assert np.isfinite(c.eval_return).all() and np.isfinite(c.train_return).any()
+    assert list(c.losses) == ["loss"] and c.losses["loss"].shape == (4, 2)
+
+
+def test_sweep_points_are_separate_records(run_dirs):
+    points = R.load_run(run_dirs["sweep"])
+    summary = __import__("json").loads((run_dirs["sweep"] / "summary.json").read_text())
+    assert [p.label for p in points] == ["td3 critic_lr=0.001", "td3 critic_lr=0.0003"]
+    assert [p.point for p in points] == [{"critic_lr": 1e-3}, {"critic_lr": 3e-4}]
+    for p, row in zip(points, summary["sweep"]):
+        assert p.seeds == (0, 1)
+        np.testing.assert_allclose(p.final_return, row["final_eval_return_per_seed"], rtol=1e-6)
+        assert set(p.curves.losses) == {"actor_loss", "critic_loss"}
+        assert p.curves.train_return.shape == (4, 2)
+    # the two points' columns of the per-run arrays differ once learning differs
+    assert not np.array_equal(points[0].curves.losses["critic_loss"], points[1].curves.losses["critic_loss"],
+                              equal_nan=True)
+
+
+def test_grouping_pools_seeds_and_labels_differences(run_dirs, tmp_path):
+    groups = R.group_runs(R.load_runs([(run_dirs["dqn_a"], None), (run_dirs["dqn_b"], None),
+                                       (run_dirs["sweep"], None)]))
+    assert [(g.label, g.algo, g.env, len(g.final_return)) for g in groups] == [
+        ("dqn", "dqn", "CartPole-v1", 4), ("td3 critic_lr=0.001", "td3", "Pendulum-v1", 2),
+        ("td3 critic_lr=0.0003", "td3", "Pendulum-v1", 2)]
+    assert groups[0].scores.shape == (4, 1)
+    # a run whose config differs gets the differing setting in its label
+    other = tmp_path / "dqn_single"
+    shutil.copytree(run_dirs["dqn_b"], other)
+    text = (other / "config.yaml").read_text()
+    assert "  double: true" in text
+    (other / "config.yaml").write_text(text.replace("  double: true", "  double: false"))
+    labels = [g.label for g in R.group_runs(R.load_runs([(run_dirs["dqn_a"], None), (other, None)]))]
+    assert labels == ["dqn agent.double=true", "dqn agent.double=false"]
+    # a label given by the user pools runs whatever their configs
+    groups = R.group_runs(R.load_runs([(run_dirs["dqn_a"], "mine"), (other, "mine")]))
+    assert [(g.label, len(g.final_return)) for g in groups] == [("mine", 4)]
+
+
+def test_load_errors(run_dirs, tmp_path):
+    with pytest.raises(R.RunError, match="no run directories given"):
+        R.load_runs([])
+    with pytest.raises(R.RunError, match="no runs given"):
+        R.group_runs([])
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("algo: dqn\n")
+    with pytest.raises(R.RunError, match=r"half is not a run directory \(no summary.json\)"):
+        R.load_run(tmp_path / "half")
+    with pytest.raises(R.RunError, match="not a directory"):
+        R.load_run(tmp_path / "missing")
+    acrobot = _other_env(run_dirs["dqn_b"], tmp_path / "acrobot")
+    with pytest.raises(R.RunError, match="label 'x' holds runs of different envs: .*CartPole-v1.*Acrobot-v1"):
+        R.group_runs(R.load_runs([(run_dirs["dqn_a"], "x"), (acrobot, "x")]))
+    # unlabelled, they are two groups, told apart by their envs
+    groups = R.group_runs(R.load_runs([(run_dirs["dqn_a"], None), (acrobot, None), (run_dirs["sweep"], None)]))
+    assert [g.label for g in groups] == ["dqn CartPole-v1", "dqn Acrobot-v1", "td3 critic_lr=0.001",
+                                         "td3 critic_lr=0.0003"]
+    with pytest.raises(R.RunError, match="given twice"):
+        R.load_runs([(run_dirs["dqn_a"], None), (str(run_dirs["dqn_a"]) + "/", None)])
+
+
+def test_metrics_resume_and_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "a": 1}\n{"step": 20, "a": 2}\n{"step": 20, "a": 3}\n{"step": 30, "a"')
+    assert [(r["step"], r["a"]) for r in R.read_metrics(path)] == [(10, 1), (20, 3)]
+    path.write_text('{"step": 10}\nnot json\n{"step": 20}\n')
+    with pytest.raises(R.RunError, match="line 2 is not a metrics record"):
+        R.read_metrics(path)
