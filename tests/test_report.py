@@ -144,12 +144,16 @@ def test_matches_rliable_bootstrap_intervals():
 
 # ---- real runs ----------------------------------------------------------------------------------
 
+import builtins  # noqa: E402
 import shutil  # noqa: E402
+import struct  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from conftest import run_script  # noqa: E402
 
+from angle_jax.report import plots  # noqa: E402
 from angle_jax.report import runs as R  # noqa: E402
+from angle_jax.report.curves import write_run_plots  # noqa: E402
 
 TINY_DQN = ["--algo", "dqn", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "2000",
             "--set", "progress=false", "--set", "tensorboard=false", "--set", "log_interval=500",
@@ -180,6 +184,17 @@ def _other_env(run_dir: Path, dest: Path) -> Path:
     for name in ("summary.json", "config.yaml"):
         (dest / name).write_text((dest / name).read_text().replace("CartPole-v1", "Acrobot-v1"))
     return dest
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == Image.open(path).size
+    with Image.open(path) as im:
+        im.verify()
+    return Image.open(path).size
 
 
 def test_load_run_reads_summary_and_curves(run_dirs):
@@ -259,3 +274,40 @@ def test_metrics_resume_and_torn_line(tmp_path):
     path.write_text('{"step": 10}\nnot json\n{"step": 20}\n')
     with pytest.raises(R.RunError, match="line 2 is not a metrics record"):
         R.read_metrics(path)
+
+
+# ---- figures ------------------------------------------------------------------------------------
+
+def test_run_plots_are_pngs_of_the_fixed_size(run_dirs, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dirs["sweep"], sweep)
+    paths = write_run_plots(sweep)
+    assert [p.name for p in paths] == ["curves.png", "sweep.png"]
+    assert _png_size(sweep / "curves.png") == plots.pixel_size("curves") == (1200, 450)
+    assert _png_size(sweep / "sweep.png") == plots.pixel_size("sweep")
+    single = tmp_path / "single"
+    shutil.copytree(run_dirs["dqn_a"], single)
+    assert [p.name for p in write_run_plots(single)] == ["curves.png"]
+    assert _png_size(single / "curves.png") == plots.pixel_size("curves")
+    assert not [p for p in single.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def test_run_plots_without_matplotlib(run_dirs, tmp_path, no_matplotlib):
+    single = tmp_path / "single"
+    shutil.copytree(run_dirs["dqn_a"], single)
+    notices = []
+    assert write_run_plots(single, notice=notices.append) == []
+    assert notices == [plots.NOTICE] and "pip install matplotlib" in plots.NOTICE
+    assert not (single / "curves.png").exists()

@@ -1,0 +1,208 @@
+"""PNG figures of runs and reports, rendered with matplotlib's Agg canvas.
+
+matplotlib is optional: it is imported inside `_figure`, and a missing install raises
+`MatplotlibMissing` (one line, with the pip command) so callers can skip plots and go on.
+No pyplot and no global backend switch: each figure is a `Figure` on its own Agg canvas, with
+a fixed size and dpi, so a PNG's pixel size is `SIZES[name] * DPI`. Files are written atomically.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from angle_jax.report import stats
+from angle_jax.report.runs import Group, Run
+
+DPI = 100
+SIZES = {  # inches (width, height); pixels = inches * DPI
+    "curves": (12.0, 4.5),
+    "sweep": (8.0, 4.5),
+    "report_curves": (12.0, 4.5),
+    "aggregate": (12.0, 4.0),
+    "profile": (7.0, 4.5),
+}
+NOTICE = "matplotlib is not installed: plots skipped (pip install matplotlib)"
+
+
+class MatplotlibMissing(ImportError):
+    """matplotlib cannot be imported; str() is the one-line notice for the user."""
+
+
+def pixel_size(name: str) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG written for figure `name`."""
+    w, h = SIZES[name]
+    return round(w * DPI), round(h * DPI)
+
+
+def _figure(name: str):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MatplotlibMissing(NOTICE) from None
+    fig = Figure(figsize=SIZES[name], dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes at its own size (no tight bounding box, so the size is fixed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def write_png(fig, path: str | Path) -> Path:
+    from angle_jax.checkpoint import atomic_write
+
+    atomic_write(path, png_bytes(fig))
+    return Path(path)
+
+
+def _band(ax, steps, values, color, label, linestyle="-"):
+    """Mean over seeds with a min-max band; chunks where no seed logged a value are skipped."""
+    values = np.asarray(values, np.float64)
+    ok = np.isfinite(values).any(axis=1)
+    if not ok.any():
+        return
+    steps, values = np.asarray(steps)[ok], values[ok]
+    with np.errstate(all="ignore"):
+        mid = np.nanmean(values, axis=1)
+        low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+    ax.plot(steps, mid, color=color, linestyle=linestyle, label=label, marker="o" if len(steps) < 3 else None)
+    if values.shape[1] > 1:
+        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _pooled(runs) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Runs with the same step grids, seeds side by side: [(steps, train, eval_steps, eval)]."""
+    out: list[list] = []
+    for r in runs:
+        c = r.curves
+        for seg in out:
+            if np.array_equal(seg[0], c.steps) and np.array_equal(seg[2], c.eval_steps):
+                seg[1] = np.concatenate([seg[1], c.train_return], axis=1)
+                seg[3] = np.concatenate([seg[3], c.eval_return], axis=1)
+                break
+        else:
+            out.append([c.steps, c.train_return, c.eval_steps, c.eval_return])
+    return [tuple(seg) for seg in out]
+
+
+def run_curves(runs: list[Run], title: str):
+    """One run directory (its grid points for a sweep): returns vs env steps, losses beside."""
+    fig = _figure("curves")
+    ax_ret, ax_loss = fig.subplots(1, 2)
+    colors = _colors(len(runs))
+    for run, color in zip(runs, colors):
+        name = run.label if len(runs) > 1 else ""
+        c = run.curves
+        _band(ax_ret, c.steps, c.train_return, color, f"{name} training".strip())
+        _band(ax_ret, c.eval_steps, c.eval_return, color, f"{name} evaluation".strip(), linestyle="--")
+        for (loss, values), ls in zip(sorted(c.losses.items()), ["-", "--", ":", "-."] * 4):
+            _band(ax_loss, c.steps, values, color, f"{name} {loss}".strip(), linestyle=ls)
+    ax_ret.set(xlabel="env steps", ylabel="return", title="return (mean over seeds, band min-max)")
+    ax_loss.set(xlabel="env steps", ylabel="loss", title="losses (mean over seeds, band min-max)")
+    for ax in (ax_ret, ax_loss):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_points(runs: list[Run], title: str, reps: int = 2000, seed: int = 0):
+    """Final evaluation return by grid point: each seed, the mean and its 95% bootstrap interval."""
+    fig = _figure("sweep")
+    ax = fig.subplots()
+    rng = np.random.default_rng(seed)
+    x = np.arange(len(runs))
+    for i, run in enumerate(runs):
+        scores = run.final_return[:, None]
+        low, high = stats.bootstrap_interval(scores, stats.mean, reps, rng)
+        m = float(stats.mean(scores))
+        ax.errorbar([i], [m], yerr=[[m - low], [high - m]], fmt="o", color="C0", capsize=4,
+                    label="mean, 95% CI" if i == 0 else None)
+        ax.scatter(np.full(len(run.final_return), i + 0.15), run.final_return, s=12, color="C1",
+                   label="seeds" if i == 0 else None)
+    ax.set_xticks(x, [" ".join(f"{k}={v:g}" for k, v in r.point.items()) or r.label for r in runs],
+                  rotation=20, fontsize=8)
+    ax.set(ylabel="final evaluation return", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def report_curves(groups: list[Group]):
+    """Training and evaluation return vs env steps of every label (mean over seeds, min-max band)."""
+    fig = _figure("report_curves")
+    ax_train, ax_eval = fig.subplots(1, 2)
+    for group, color in zip(groups, _colors(len(groups))):
+        for k, (steps, train, eval_steps, eval_return) in enumerate(_pooled(group.runs)):
+            name = group.label if k == 0 else None
+            _band(ax_train, steps, train, color, name)
+            _band(ax_eval, eval_steps, eval_return, color, name)
+    ax_train.set(xlabel="env steps", ylabel="return", title="training return (mean over seeds, band min-max)")
+    ax_eval.set(xlabel="env steps", ylabel="return", title="evaluation return (mean over seeds, band min-max)")
+    for ax in (ax_train, ax_eval):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def aggregate_chart(labels: list[str], estimates: list[dict[str, stats.Estimate]],
+                    unit: str = "final evaluation return"):
+    """One panel per metric (mean, median, IQM, optimality gap), one row per label: the point
+    estimate and its 95% interval."""
+    fig = _figure("aggregate")
+    names = [m for m in stats.METRICS if any(m in e for e in estimates)]
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+    y = np.arange(len(labels))[::-1]
+    colors = _colors(len(labels))
+    for ax, name in zip(axes, names):
+        for yi, est, color in zip(y, estimates, colors):
+            if name not in est:
+                continue
+            e = est[name]
+            ax.plot([e.low, e.high], [yi, yi], color=color, linewidth=6, alpha=0.5, solid_capstyle="butt")
+            ax.plot([e.value], [yi], "|", color="black", markersize=14)
+        ax.set_title({"iqm": "IQM", "optimality_gap": "optimality gap"}.get(name, name))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    fig.supxlabel(f"{unit} (point estimate and 95% stratified bootstrap CI)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def profile_chart(groups: list[Group], reps: int = 2000, seed: int = 0, points: int = 101):
+    """Performance profiles: fraction of runs with final return > tau, with 95% bootstrap bands."""
+    fig = _figure("profile")
+    ax = fig.subplots()
+    rng = np.random.default_rng(seed)
+    all_scores = np.concatenate([g.final_return for g in groups])
+    lo, hi = float(all_scores.min()), float(all_scores.max())
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    taus = np.linspace(lo - pad, hi + pad, points)
+    for group, color in zip(groups, _colors(len(groups))):
+        profile, low, high = stats.performance_profile_bands(group.scores, taus, reps, rng)
+        ax.plot(taus, profile, color=color, label=group.label)
+        ax.fill_between(taus, low, high, color=color, alpha=0.2, linewidth=0)
+    ax.set(xlabel="final evaluation return (tau)", ylabel="fraction of runs with score > tau",
+           title="performance profile (95% bootstrap bands)", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
