@@ -153,6 +153,7 @@ from conftest import run_script  # noqa: E402
 
 from angle_jax.report import plots  # noqa: E402
 from angle_jax.report import runs as R  # noqa: E402
+from angle_jax.report.__main__ import MARKER, main as report_main  # noqa: E402
 from angle_jax.report.curves import write_run_plots  # noqa: E402
 
 TINY_DQN = ["--algo", "dqn", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "2000",
@@ -311,3 +312,120 @@ def test_run_plots_without_matplotlib(run_dirs, tmp_path, no_matplotlib):
     assert write_run_plots(single, notice=notices.append) == []
     assert notices == [plots.NOTICE] and "pip install matplotlib" in plots.NOTICE
     assert not (single / "curves.png").exists()
+
+
+# ---- the report command -------------------------------------------------------------------------
+
+def _report(argv, capsys):
+    try:
+        code = report_main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_report_writes_table_and_figures(run_dirs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, stdout, err = _report([run_dirs["dqn_a"], run_dirs["dqn_b"], run_dirs["sweep"], "--out", out,
+                                 "--threshold", "500", "--reps", "300", "--seed", "1"], capsys)
+    assert code == 0, err
+    assert err == "" and str(out / "report.md") in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["aggregate.png", "curves.png", "profile.png", "report.md"]
+    for name, size in [("curves", "report_curves"), ("aggregate", "aggregate"), ("profile", "profile")]:
+        assert _png_size(out / f"{name}.png") == plots.pixel_size(size)
+    text = (out / "report.md").read_text()
+    assert text.startswith(MARKER)
+    # the numbers are the statistics of the pooled seeds, with the same bootstrap stream
+    groups = R.group_runs(R.load_runs([(run_dirs[k], None) for k in ("dqn_a", "dqn_b", "sweep")]))
+    rng = np.random.default_rng(1)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3
+    for g, row in zip(groups, rows):
+        est = stats.aggregate(g.scores, 500.0, 300, rng)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:4] == [g.label, g.algo, g.env, str(len(g.final_return))]
+        for cell, key in zip(cells[4:], ["mean", "median", "iqm", "optimality_gap"]):
+            e = est[key]
+            assert cell == f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]"
+    assert "--threshold 500" in text and "python -m angle_jax.report" in text
+    # a previous report may be overwritten
+    code, _, err = _report([run_dirs["dqn_a"], "--out", out, "--reps", "50"], capsys)
+    assert code == 0, err
+    assert "optimality gap" not in (out / "report.md").read_text().split("## Runs")[0].split("|", 1)[1]
+
+
+def test_report_normalised_scores(run_dirs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, _, err = _report([run_dirs["dqn_a"], "--ref", "CartPole-v1=0,500", "--out", out, "--reps", "100"],
+                           capsys)
+    assert code == 0, err
+    (g,) = R.group_runs(R.load_run(run_dirs["dqn_a"]))
+    est = stats.aggregate(g.scores / 500.0, 1.0, 100, 0)
+    row = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| dqn ")][0]
+    assert f"{est['optimality_gap'].value:.4g} [" in row and f"{est['mean'].value:.4g} [" in row
+
+
+def test_report_without_matplotlib(run_dirs, tmp_path, capsys, no_matplotlib):
+    out = tmp_path / "rep"
+    code, stdout, err = _report([run_dirs["dqn_a"], "--out", out, "--reps", "50"], capsys)
+    assert code == 0
+    assert err.count("\n") == 1 and "pip install matplotlib" in err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+    assert "![" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["no_runs", "not_a_run", "mixed_envs", "busy_out", "reps", "ref", "ref_env",
+                                  "out_is_file", "empty_label"])
+def test_report_bad_input(case, run_dirs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    not_run = tmp_path / "plain"
+    not_run.mkdir()
+    acrobot = _other_env(run_dirs["dqn_b"], tmp_path / "acrobot")
+    (not_run / "config.yaml").write_text("algo: dqn\n")
+    args = {
+        "no_runs": [],
+        "not_a_run": [run_dirs["dqn_a"], not_run],
+        "mixed_envs": [f"x={run_dirs['dqn_a']}", f"x={acrobot}"],
+        "busy_out": [run_dirs["dqn_a"]],
+        "reps": [run_dirs["dqn_a"], "--reps", "0"],
+        "ref": [run_dirs["dqn_a"], "--ref", "CartPole-v1=5"],
+        "ref_env": [run_dirs["dqn_a"], "--ref", "Acrobot-v1=0,1"],
+        "out_is_file": [run_dirs["dqn_a"]],
+        "empty_label": [f"={run_dirs['dqn_a']}"],
+    }[case]
+    expect = {"no_runs": "no run directories given", "not_a_run": "plain is not a run directory (no summary.json)",
+              "mixed_envs": "different envs", "busy_out": "holds no previous report", "reps": "--reps must be >= 1",
+              "ref": "expected ENV=LOW,HIGH", "ref_env": "the runs' envs: CartPole-v1",
+              "out_is_file": "is not a directory", "empty_label": "empty label"}[case]
+    if case == "busy_out":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    if case == "out_is_file":
+        out.write_text("a file")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, stdout, err = _report([*args, "--out", out], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("python -m angle_jax.report: error: ") and expect in err, err
+    assert stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def _module(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
+
+
+def test_report_command_line(run_dirs, tmp_path):
+    out = tmp_path / "rep"
+    proc = _module("angle_jax.report", str(run_dirs["dqn_a"]), "--out", str(out), "--reps", "50")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").is_file() and (out / "profile.png").is_file()
+    proc = _module("angle_jax.report", str(tmp_path / "nope"), "--out", str(tmp_path / "rep2"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope is not a directory" in proc.stderr
+    assert not (tmp_path / "rep2").exists()
+    proc = _module("angle_jax.report.curves", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope is not a directory" in proc.stderr
