@@ -366,6 +366,24 @@ def test_report_normalised_scores(run_dirs, tmp_path, capsys):
     assert f"{est['optimality_gap'].value:.4g} [" in row and f"{est['mean'].value:.4g} [" in row
 
 
+def test_report_threshold_per_env(run_dirs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, _, err = _report([run_dirs["dqn_a"], run_dirs["sweep"], "--threshold", "CartPole-v1=500",
+                            "--out", out, "--reps", "100"], capsys)
+    assert code == 0, err
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in (out / "report.md").read_text().splitlines() if line.startswith("| ") and "---" not in line}
+    (g,) = R.group_runs(R.load_run(run_dirs["dqn_a"]))
+    assert rows["dqn"][7].startswith(f"{stats.optimality_gap(g.scores, 500.0):.4g} [")
+    assert rows["td3 critic_lr=0.001"][7] == rows["td3 critic_lr=0.0003"][7] == "n/a"
+    # one threshold for all, one for an env: the env's own wins
+    code, _, err = _report([run_dirs["dqn_a"], run_dirs["sweep"], "--threshold", "0", "--threshold",
+                            "CartPole-v1=500", "--out", out, "--reps", "100"], capsys)
+    assert code == 0, err
+    text = (out / "report.md").read_text()
+    assert "at threshold 500 (CartPole-v1), 0 (Pendulum-v1)" in text and "n/a" not in text
+
+
 def test_report_without_matplotlib(run_dirs, tmp_path, capsys, no_matplotlib):
     out = tmp_path / "rep"
     code, stdout, err = _report([run_dirs["dqn_a"], "--out", out, "--reps", "50"], capsys)
@@ -376,7 +394,7 @@ def test_report_without_matplotlib(run_dirs, tmp_path, capsys, no_matplotlib):
 
 
 @pytest.mark.parametrize("case", ["no_runs", "not_a_run", "mixed_envs", "busy_out", "reps", "ref", "ref_env",
-                                  "out_is_file", "empty_label"])
+                                  "out_is_file", "empty_label", "threshold", "threshold_env", "threshold_twice"])
 def test_report_bad_input(case, run_dirs, tmp_path, capsys):
     out = tmp_path / "rep"
     not_run = tmp_path / "plain"
@@ -393,11 +411,16 @@ def test_report_bad_input(case, run_dirs, tmp_path, capsys):
         "ref_env": [run_dirs["dqn_a"], "--ref", "Acrobot-v1=0,1"],
         "out_is_file": [run_dirs["dqn_a"]],
         "empty_label": [f"={run_dirs['dqn_a']}"],
+        "threshold": [run_dirs["dqn_a"], "--threshold", "CartPole-v1=high"],
+        "threshold_env": [run_dirs["dqn_a"], "--threshold", "Pendulum-v1=1"],
+        "threshold_twice": [run_dirs["dqn_a"], "--threshold", "1", "--threshold", "2"],
     }[case]
     expect = {"no_runs": "no run directories given", "not_a_run": "plain is not a run directory (no summary.json)",
               "mixed_envs": "different envs", "busy_out": "holds no previous report", "reps": "--reps must be >= 1",
               "ref": "expected ENV=LOW,HIGH", "ref_env": "the runs' envs: CartPole-v1",
-              "out_is_file": "is not a directory", "empty_label": "empty label"}[case]
+              "out_is_file": "is not a directory", "empty_label": "empty label",
+              "threshold": "expected a number or ENV=NUMBER", "threshold_env": "Pendulum-v1, which no run uses",
+              "threshold_twice": "given twice"}[case]
     if case == "busy_out":
         out.mkdir()
         (out / "notes.txt").write_text("mine")

@@ -12,6 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from angle_jax.report import plots, stats
 from angle_jax.report.runs import Group, RunError, group_runs, load_runs
 
@@ -27,8 +29,9 @@ def parse_args(argv=None):
     p.add_argument("runs", nargs="*", metavar="RUN_DIR",
                    help="run directories written by train.py; LABEL=RUN_DIR gives a run its label")
     p.add_argument("--out", default="report", help="output directory (default: report)")
-    p.add_argument("--threshold", type=float, metavar="GAMMA",
-                   help="optimality gap threshold, in score units (default: 1.0 with --ref, else no gap)")
+    p.add_argument("--threshold", action="append", default=[], metavar="[ENV=]GAMMA",
+                   help="optimality gap threshold in score units, for all envs or (ENV=GAMMA, repeatable) one "
+                        "env (default: 1.0 for envs normalised by --ref, else no gap)")
     p.add_argument("--ref", action="append", default=[], metavar="ENV=LOW,HIGH",
                    help="normalise the scores of ENV as (score - LOW) / (HIGH - LOW)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions (default: 2000)")
@@ -66,6 +69,26 @@ def parse_refs(items: list[str]) -> dict[str, tuple[float, float]]:
     return refs
 
 
+def parse_thresholds(items: list[str]) -> tuple[float | None, dict[str, float]]:
+    """--threshold values: (the one for all envs or None, {env: its own})."""
+    common, per_env = None, {}
+    for item in items:
+        env, sep, value = item.rpartition("=")
+        try:
+            gamma = float(value)
+        except ValueError:
+            raise RunError(f"--threshold {item!r}: expected a number or ENV=NUMBER") from None
+        if not np.isfinite(gamma) or (sep and not env):
+            raise RunError(f"--threshold {item!r}: expected a finite number or ENV=NUMBER")
+        if sep:
+            per_env[env] = gamma
+        elif common is not None:
+            raise RunError("--threshold without ENV= is given twice")
+        else:
+            common = gamma
+    return common, per_env
+
+
 def check_out_dir(out: Path) -> None:
     """An output directory must be new, empty or a previous report (its report.md has MARKER)."""
     if out.exists() and not out.is_dir():
@@ -81,26 +104,30 @@ def _fmt(e: stats.Estimate) -> str:
     return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]"
 
 
-def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], args, refs, threshold,
-             figures: list[str], command: str) -> str:
-    cols = ["mean", "median", "IQM"] + (["optimality gap"] if threshold is not None else [])
-    keys = ["mean", "median", "iqm"] + (["optimality_gap"] if threshold is not None else [])
+def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], args, refs,
+             thresholds: list[float | None], figures: list[str], command: str) -> str:
+    gap = any(t is not None for t in thresholds)
+    cols = ["mean", "median", "IQM"] + (["optimality gap"] if gap else [])
+    keys = ["mean", "median", "iqm"] + (["optimality_gap"] if gap else [])
     lines = [MARKER, "# Run comparison", ""]
     score = "final evaluation return per seed (each seed's mean over its evaluation episodes)"
     if refs:
         score += "; normalised as (score - low) / (high - low) for " + ", ".join(
             f"{env} [{lo:g}, {hi:g}]" for env, (lo, hi) in refs.items())
+    by_env = dict.fromkeys((g.env, t) for g, t in zip(groups, thresholds) if t is not None)
+    gaps = ("; optimality gap, the mean of max(threshold - score, 0), at threshold "
+            + ", ".join(f"{t:g} ({env})" for env, t in by_env) + "." if gap
+            else "; no optimality gap (give --threshold).")
     lines += [f"Score: {score}. Runs of one label are pooled: one score per seed, one task (env) per label.",
-              f"Estimators of rliable (Agarwal et al. 2021): mean; median of the per-task means (with one task, "
-              f"the mean again); IQM, the 25% trimmed mean of all scores"
-              + (f"; optimality gap at threshold {threshold:g}, mean of max({threshold:g} - score, 0)."
-                 if threshold is not None else "; no optimality gap (give --threshold)."),
+              "Estimators of rliable (Agarwal et al. 2021): mean; median of the per-task means (with one task, "
+              "the mean again); IQM, the 25% trimmed mean of all scores" + gaps,
               f"Intervals: 95% percentile intervals of a stratified bootstrap (seeds resampled within each task), "
               f"{args.reps} repetitions, seed {args.seed}.", ""]
     lines.append("| label | algo | env | seeds | " + " | ".join(f"{c} [95% CI]" for c in cols) + " |")
     lines.append("| --- | --- | --- | ---: | " + " | ".join("---" for _ in cols) + " |")
     for g, est in zip(groups, estimates):
-        cells = [g.label, g.algo, g.env, str(len(g.final_return)), *(_fmt(est[k]) for k in keys)]
+        cells = [g.label, g.algo, g.env, str(len(g.final_return)),
+                 *(_fmt(est[k]) if k in est else "n/a" for k in keys)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "## Runs", ""]
     for g in groups:
@@ -114,34 +141,39 @@ def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], ar
     return "\n".join(lines)
 
 
-def build(args) -> tuple[list[Group], list[dict], dict, float | None]:
-    """Read and check everything; nothing is written here."""
+def build(args):
+    """Read and check everything; nothing is written here. Returns the groups, their scores
+    (normalised where --ref says), estimates, the --ref ranges and each group's threshold."""
     if args.reps < 1:
         raise RunError(f"--reps must be >= 1, got {args.reps}")
     refs = parse_refs(args.ref)
+    common, per_env = parse_thresholds(args.threshold)
     groups = group_runs(load_runs(run_specs(args.runs)))
-    unknown = sorted(set(refs) - {g.env for g in groups})
+    envs = sorted({g.env for g in groups})
+    unknown = sorted((set(refs) | set(per_env)) - set(envs))
     if unknown:
-        raise RunError(f"--ref for {', '.join(unknown)}, which no run uses; the runs' envs: "
-                       + ", ".join(sorted({g.env for g in groups})))
-    threshold = args.threshold if args.threshold is not None else (1.0 if refs else None)
-    estimates = []
+        raise RunError(f"--ref/--threshold for {', '.join(unknown)}, which no run uses; the runs' envs: "
+                       + ", ".join(envs))
     rng = stats.as_generator(args.seed)
+    scores, estimates, thresholds = [], [], []
     for g in groups:
-        scores = g.scores
-        if g.env in refs:
-            scores = stats.normalize(scores, *refs[g.env])
-        estimates.append(stats.aggregate(scores, threshold, args.reps, rng))
-    return groups, estimates, refs, threshold
+        s = stats.normalize(g.scores, *refs[g.env]) if g.env in refs else g.scores
+        gamma = per_env.get(g.env, common if common is not None else (1.0 if g.env in refs else None))
+        scores.append(s)
+        thresholds.append(gamma)
+        estimates.append(stats.aggregate(s, gamma, args.reps, rng))
+    return groups, scores, estimates, refs, thresholds
 
 
-def render(groups, estimates, args, refs, notice) -> dict[str, bytes]:
+def render(groups, scores, estimates, args, refs, notice) -> dict[str, bytes]:
     """The figures as PNG bytes, or none (with one notice) when matplotlib is missing."""
     unit = "score" if refs else "final evaluation return"
+    labels = [g.label for g in groups]
     try:
         figs = {"curves.png": plots.report_curves(groups),
-                "aggregate.png": plots.aggregate_chart([g.label for g in groups], estimates, unit),
-                "profile.png": plots.profile_chart(groups, args.reps, args.seed)}
+                "aggregate.png": plots.aggregate_chart(labels, estimates, unit),
+                "profile.png": plots.profile_chart(labels, [g.env for g in groups], scores, args.reps,
+                                                   args.seed, unit=unit)}
     except plots.MatplotlibMissing as e:
         notice(str(e))
         return {}
@@ -158,12 +190,12 @@ def main(argv=None) -> int:
             raise RunError("no run directories given")
         out = Path(args.out)
         check_out_dir(out)
-        groups, estimates, refs, threshold = build(args)
+        groups, scores, estimates, refs, thresholds = build(args)
     except (RunError, ValueError) as e:
         fail(str(e), PROG)
     notice = lambda message: print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-    pngs = render(groups, estimates, args, refs, notice)
-    text = markdown(groups, estimates, args, refs, threshold, list(pngs), command)
+    pngs = render(groups, scores, estimates, args, refs, notice)
+    text = markdown(groups, estimates, args, refs, thresholds, list(pngs), command)
 
     from angle_jax.checkpoint import atomic_write
 

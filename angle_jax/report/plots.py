@@ -19,9 +19,9 @@ DPI = 100
 SIZES = {  # inches (width, height); pixels = inches * DPI
     "curves": (12.0, 4.5),
     "sweep": (8.0, 4.5),
-    "report_curves": (12.0, 4.5),
+    "report_curves": (12.0, 7.0),
     "aggregate": (12.0, 4.0),
-    "profile": (7.0, 4.5),
+    "profile": (10.0, 4.5),
 }
 NOTICE = "matplotlib is not installed: plots skipped (pip install matplotlib)"
 
@@ -144,21 +144,30 @@ def sweep_points(runs: list[Run], title: str, reps: int = 2000, seed: int = 0):
     return fig
 
 
+def _envs(envs: list[str]) -> list[str]:
+    return list(dict.fromkeys(envs))
+
+
 def report_curves(groups: list[Group]):
-    """Training and evaluation return vs env steps of every label (mean over seeds, min-max band)."""
+    """Training (top) and evaluation (bottom) return vs env steps of every label, one column per env
+    (mean over seeds, min-max band)."""
     fig = _figure("report_curves")
-    ax_train, ax_eval = fig.subplots(1, 2)
+    envs = _envs([g.env for g in groups])
+    axes = fig.subplots(2, len(envs), squeeze=False)
     for group, color in zip(groups, _colors(len(groups))):
+        col = envs.index(group.env)
         for k, (steps, train, eval_steps, eval_return) in enumerate(_pooled(group.runs)):
             name = group.label if k == 0 else None
-            _band(ax_train, steps, train, color, name)
-            _band(ax_eval, eval_steps, eval_return, color, name)
-    ax_train.set(xlabel="env steps", ylabel="return", title="training return (mean over seeds, band min-max)")
-    ax_eval.set(xlabel="env steps", ylabel="return", title="evaluation return (mean over seeds, band min-max)")
-    for ax in (ax_train, ax_eval):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            _band(axes[0, col], steps, train, color, name)
+            _band(axes[1, col], eval_steps, eval_return, color, name)
+    for col, env in enumerate(envs):
+        axes[0, col].set(title=f"{env}: training return", ylabel="return")
+        axes[1, col].set(title=f"{env}: evaluation return", xlabel="env steps", ylabel="return")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.suptitle("mean over seeds, band min-max", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -187,22 +196,30 @@ def aggregate_chart(labels: list[str], estimates: list[dict[str, stats.Estimate]
     return fig
 
 
-def profile_chart(groups: list[Group], reps: int = 2000, seed: int = 0, points: int = 101):
-    """Performance profiles: fraction of runs with final return > tau, with 95% bootstrap bands."""
+def profile_chart(labels: list[str], envs: list[str], scores: list[np.ndarray], reps: int = 2000,
+                  seed: int = 0, points: int = 101, unit: str = "final evaluation return"):
+    """Performance profiles, one panel per env: the fraction of runs with score > tau, with 95%
+    stratified bootstrap bands. `scores[i]` is label i's `[runs, tasks]` matrix."""
     fig = _figure("profile")
-    ax = fig.subplots()
+    panels = _envs(envs)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     rng = np.random.default_rng(seed)
-    all_scores = np.concatenate([g.final_return for g in groups])
-    lo, hi = float(all_scores.min()), float(all_scores.max())
-    pad = 0.05 * (hi - lo) if hi > lo else 1.0
-    taus = np.linspace(lo - pad, hi + pad, points)
-    for group, color in zip(groups, _colors(len(groups))):
-        profile, low, high = stats.performance_profile_bands(group.scores, taus, reps, rng)
-        ax.plot(taus, profile, color=color, label=group.label)
-        ax.fill_between(taus, low, high, color=color, alpha=0.2, linewidth=0)
-    ax.set(xlabel="final evaluation return (tau)", ylabel="fraction of runs with score > tau",
-           title="performance profile (95% bootstrap bands)", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    colors = _colors(len(labels))
+    for col, env in enumerate(panels):
+        idx = [i for i, e in enumerate(envs) if e == env]
+        pooled = np.concatenate([np.ravel(scores[i]) for i in idx])
+        lo, hi = float(pooled.min()), float(pooled.max())
+        pad = 0.05 * (hi - lo) if hi > lo else max(1.0, abs(lo)) * 0.05
+        taus = np.linspace(lo - pad, hi + pad, points)
+        ax = axes[col]
+        for i in idx:
+            profile, low, high = stats.performance_profile_bands(scores[i], taus, reps, rng)
+            ax.plot(taus, profile, color=colors[i], label=labels[i])
+            ax.fill_between(taus, low, high, color=colors[i], alpha=0.2, linewidth=0)
+        ax.set(xlabel=f"{unit} (tau)", title=env, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("fraction of runs with score > tau")
+    fig.suptitle("performance profile (95% stratified bootstrap bands)", fontsize=9)
     fig.tight_layout()
     return fig
