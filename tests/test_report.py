@@ -2,10 +2,22 @@
 figures and the report command."""
 from __future__ import annotations
 
+import builtins
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import run_script
 
-from angle_jax.report import stats
+from angle_jax.report import plots, stats
+from angle_jax.report import runs as R
+from angle_jax.report.__main__ import MARKER, main as report_main
+from angle_jax.report.curves import write_run_plots
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -144,18 +156,6 @@ def test_matches_rliable_bootstrap_intervals():
 
 # ---- real runs ----------------------------------------------------------------------------------
 
-import builtins  # noqa: E402
-import shutil  # noqa: E402
-import struct  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from conftest import run_script  # noqa: E402
-
-from angle_jax.report import plots  # noqa: E402
-from angle_jax.report import runs as R  # noqa: E402
-from angle_jax.report.__main__ import MARKER, main as report_main  # noqa: E402
-from angle_jax.report.curves import write_run_plots  # noqa: E402
-
 TINY_DQN = ["--algo", "dqn", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "2000",
             "--set", "progress=false", "--set", "tensorboard=false", "--set", "log_interval=500",
             "--set", "eval_interval=1000", "--set", "learning_starts=200", "--set", "eval_episodes=2",
@@ -200,7 +200,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def test_load_run_reads_summary_and_curves(run_dirs):
     (run,) = R.load_run(run_dirs["dqn_a"])
-    summary = __import__("json").loads((run_dirs["dqn_a"] / "summary.json").read_text())
+    summary = json.loads((run_dirs["dqn_a"] / "summary.json").read_text())
     assert (run.algo, run.env, run.label, run.seeds, run.point) == ("dqn", "CartPole-v1", "dqn", (0, 1), {})
     np.testing.assert_allclose(run.final_return, summary["final_eval_return_per_seed"])
     c = run.curves
@@ -213,7 +213,7 @@ def test_load_run_reads_summary_and_curves(run_dirs):
 
 def test_sweep_points_are_separate_records(run_dirs):
     points = R.load_run(run_dirs["sweep"])
-    summary = __import__("json").loads((run_dirs["sweep"] / "summary.json").read_text())
+    summary = json.loads((run_dirs["sweep"] / "summary.json").read_text())
     assert [p.label for p in points] == ["td3 critic_lr=0.001", "td3 critic_lr=0.0003"]
     assert [p.point for p in points] == [{"critic_lr": 1e-3}, {"critic_lr": 3e-4}]
     for p, row in zip(points, summary["sweep"]):
@@ -264,6 +264,19 @@ def test_load_errors(run_dirs, tmp_path):
     groups = R.group_runs(R.load_runs([(run_dirs["dqn_a"], None), (acrobot, None), (run_dirs["sweep"], None)]))
     assert [g.label for g in groups] == ["dqn CartPole-v1", "dqn Acrobot-v1", "td3 critic_lr=0.001",
                                          "td3 critic_lr=0.0003"]
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dirs["dqn_a"], broken)
+    summary = (broken / "summary.json").read_text()
+    (broken / "summary.json").write_text(summary[:40])
+    with pytest.raises(R.RunError, match=r"cannot read .*broken/summary.json"):
+        R.load_run(broken)
+    (broken / "summary.json").write_text(summary.replace("final_eval_return_per_seed", "renamed"))
+    with pytest.raises(R.RunError, match="has no field 'final_eval_return_per_seed'"):
+        R.load_run(broken)
+    three = {**json.loads(summary), "final_eval_return_per_seed": [1.0, 2.0, 3.0]}
+    (broken / "summary.json").write_text(json.dumps(three))
+    with pytest.raises(R.RunError, match="per-seed values do not match the run's 3 seeds"):
+        R.load_run(broken)  # metrics.jsonl holds 2 seeds
     with pytest.raises(R.RunError, match="given twice"):
         R.load_runs([(run_dirs["dqn_a"], None), (str(run_dirs["dqn_a"]) + "/", None)])
 
@@ -435,9 +448,6 @@ def test_report_bad_input(case, run_dirs, tmp_path, capsys):
 
 
 def _module(*args):
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent, timeout=120)
 

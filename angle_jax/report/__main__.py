@@ -1,4 +1,5 @@
-"""Compare runs: python -m angle_jax.report RUN_DIR... [--out report/] [--threshold G] [--reps N] [--seed S]
+"""Compare runs: python -m angle_jax.report RUN_DIR... [--out report/] [--threshold [ENV=]G] [--ref ENV=LO,HI]
+                [--reps N] [--seed S]
 
 Runs are grouped by label (by default the algo, plus the settings that tell runs of one algo and
 env apart, and a sweep point's values; `LABEL=RUN_DIR` names one yourself); each group's seeds are
@@ -34,7 +35,8 @@ def parse_args(argv=None):
                         "env (default: 1.0 for envs normalised by --ref, else no gap)")
     p.add_argument("--ref", action="append", default=[], metavar="ENV=LOW,HIGH",
                    help="normalise the scores of ENV as (score - LOW) / (HIGH - LOW)")
-    p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions (default: 2000)")
+    p.add_argument("--reps", type=int, default=50000,
+                   help="bootstrap repetitions, for intervals and profile bands (default: 50000, as rliable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     return p.parse_args(argv)
 

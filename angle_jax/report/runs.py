@@ -141,8 +141,10 @@ def load_run(path: str | Path, label: str | None = None) -> list[Run]:
         algo, env = str(summary["algo"]), str(summary["env"])
         finals = [float(v) for v in summary["final_eval_return_per_seed"]]
         first_seed = int(summary.get("seed", config.get("seed", 0)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise RunError(f"{path / 'summary.json'} lacks a valid field {e}") from None
+    except KeyError as e:
+        raise RunError(f"{path / 'summary.json'} has no field {e}") from None
+    except (TypeError, ValueError):
+        raise RunError(f"{path / 'summary.json'}: final_eval_return_per_seed must be a list of numbers") from None
     if not finals or not all(math.isfinite(v) for v in finals):
         raise RunError(f"{path / 'summary.json'}: final_eval_return_per_seed must be finite numbers")
     records = read_metrics(path / "metrics.jsonl")
@@ -152,13 +154,22 @@ def load_run(path: str | Path, label: str | None = None) -> list[Run]:
     names = list(config.get("sweep") or {})
     runs = []
     for point in points:
-        columns = [int(c) for c in point["runs"]]
-        if max(columns) >= len(finals):
+        try:
+            columns = [int(c) for c in point["runs"]]
+            values = {n: float(point[n]) for n in names if n in point}
+            seeds = tuple(int(s) for s in point["seeds"])
+        except (KeyError, TypeError, ValueError):
+            raise RunError(f"{path / 'summary.json'}: a sweep entry lacks valid runs, seeds or values") from None
+        if not columns or max(columns) >= len(finals) or len(seeds) != len(columns):
             raise RunError(f"{path / 'summary.json'}: sweep runs do not match final_eval_return_per_seed")
-        values = {n: float(point[n]) for n in names if n in point}
+        try:
+            curves = _curves(records, columns)
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise RunError(f"{path / 'metrics.jsonl'}: per-seed values do not match the run's "
+                           f"{len(finals)} seeds") from None
         run_label = " ".join([base, *(f"{n}={v:g}" for n, v in values.items())])
-        runs.append(Run(path, algo, env, run_label, tuple(int(s) for s in point["seeds"]),
-                        np.array([finals[c] for c in columns]), _curves(records, columns), values, config))
+        runs.append(Run(path, algo, env, run_label, seeds, np.array([finals[c] for c in columns]), curves,
+                        values, config))
     return runs
 
 

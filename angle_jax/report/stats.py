@@ -148,5 +148,8 @@ def aggregate(scores, threshold: float | None = None, reps: int = 2000,
 def performance_profile_bands(scores, taus, reps: int = 2000, rng: np.random.Generator | int | None = None,
                               confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The performance profile at `taus` and its bootstrap band: (profile, low, high)."""
-    low, high = bootstrap_interval(scores, lambda s: performance_profile(s, taus), reps, rng, confidence)
+    taus = np.asarray(taus, np.float64).reshape(-1)
+    # the statistic holds a [chunk, taus, scores] comparison: size the chunks for it
+    low, high = bootstrap_interval(scores, lambda s: performance_profile(s, taus), reps, rng, confidence,
+                                   chunk_elements=max(1, 4_000_000 // max(1, len(taus))))
     return performance_profile(scores, taus), low, high
