@@ -135,7 +135,7 @@ def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], ar
     for g in groups:
         for r in g.runs:
             seeds = ", ".join(str(s) for s in r.seeds)
-            lines.append(f"- {g.label}: `{r.path}` (seeds {seeds}; final returns "
+            lines.append(f"- {g.label}: `{r.path}` (seeds {seeds}; final evaluation returns "
                          + ", ".join(f"{v:.4g}" for v in r.final_return) + ")")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
@@ -173,7 +173,7 @@ def render(groups, scores, estimates, args, refs, notice) -> dict[str, bytes]:
     labels = [g.label for g in groups]
     try:
         figs = {"curves.png": plots.report_curves(groups),
-                "aggregate.png": plots.aggregate_chart(labels, estimates, unit),
+                "aggregate.png": plots.aggregate_chart(labels, [g.env for g in groups], estimates, unit),
                 "profile.png": plots.profile_chart(labels, [g.env for g in groups], scores, args.reps,
                                                    args.seed, unit=unit)}
     except plots.MatplotlibMissing as e:

@@ -20,7 +20,7 @@ SIZES = {  # inches (width, height); pixels = inches * DPI
     "curves": (12.0, 4.5),
     "sweep": (8.0, 4.5),
     "report_curves": (12.0, 7.0),
-    "aggregate": (12.0, 4.0),
+    "aggregate": (12.0, 6.0),
     "profile": (10.0, 4.5),
 }
 NOTICE = "matplotlib is not installed: plots skipped (pip install matplotlib)"
@@ -172,25 +172,41 @@ def report_curves(groups: list[Group]):
     return fig
 
 
-def aggregate_chart(labels: list[str], estimates: list[dict[str, stats.Estimate]],
+def _wrap(label: str, width: int = 32) -> str:
+    import textwrap
+
+    return textwrap.fill(label, width, break_long_words=True)
+
+
+def aggregate_chart(labels: list[str], envs: list[str], estimates: list[dict[str, stats.Estimate]],
                     unit: str = "final evaluation return"):
-    """One panel per metric (mean, median, IQM, optimality gap), one row per label: the point
-    estimate and its 95% interval."""
+    """Columns: mean, median, IQM, optimality gap; one row of panels per env (its own scale), one
+    line per label: the point estimate and its 95% interval."""
     fig = _figure("aggregate")
     names = [m for m in stats.METRICS if any(m in e for e in estimates)]
-    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
-    y = np.arange(len(labels))[::-1]
+    rows = _envs(envs)
+    axes = fig.subplots(len(rows), len(names), squeeze=False)
     colors = _colors(len(labels))
-    for ax, name in zip(axes, names):
-        for yi, est, color in zip(y, estimates, colors):
-            if name not in est:
-                continue
-            e = est[name]
-            ax.plot([e.low, e.high], [yi, yi], color=color, linewidth=6, alpha=0.5, solid_capstyle="butt")
-            ax.plot([e.value], [yi], "|", color="black", markersize=14)
-        ax.set_title({"iqm": "IQM", "optimality_gap": "optimality gap"}.get(name, name))
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, labels, fontsize=8)
+    for r, env in enumerate(rows):
+        idx = [i for i, e in enumerate(envs) if e == env]
+        y = np.arange(len(idx))[::-1]
+        for c, name in enumerate(names):
+            ax = axes[r, c]
+            for yi, i in zip(y, idx):
+                if name not in estimates[i]:
+                    continue
+                e = estimates[i][name]
+                ax.plot([e.low, e.high], [yi, yi], color=colors[i], linewidth=6, alpha=0.5, solid_capstyle="butt")
+                ax.plot([e.value], [yi], "|", color="black", markersize=14)
+            ax.set_ylim(-0.6, len(idx) - 0.4)
+            ax.grid(axis="x", alpha=0.3)
+            if r == 0:
+                ax.set_title({"iqm": "IQM", "optimality_gap": "optimality gap"}.get(name, name))
+            if c == 0:
+                ax.set_yticks(y, [_wrap(labels[i]) for i in idx], fontsize=7)
+                ax.set_ylabel(env, fontsize=8)
+            else:
+                ax.set_yticks(y, [])
     fig.supxlabel(f"{unit} (point estimate and 95% stratified bootstrap CI)", fontsize=9)
     fig.tight_layout()
     return fig
