@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import run_in_process
 
 from angle_jax.report import plots, stats
 from angle_jax.report import runs as R
@@ -174,7 +174,7 @@ def run_dirs(tmp_path_factory):
     dirs = {"dqn_a": root / "dqn_a", "dqn_b": root / "dqn_b", "sweep": root / "td3_sweep"}
     for name, args in [("dqn_a", [*TINY_DQN, "--seed", "0"]), ("dqn_b", [*TINY_DQN, "--seed", "2"]),
                        ("sweep", TINY_SWEEP)]:
-        proc = run_script("train.py", *args, "--run-dir", str(dirs[name]), timeout=240)
+        proc = run_in_process("train.py", *args, "--run-dir", str(dirs[name]))
         assert proc.returncode == 0, proc.stderr[-2000:]
     return dirs
 
