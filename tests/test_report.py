@@ -116,44 +116,6 @@ def test_performance_profile():
     assert low[0] == high[0] == 1.0 and low[-1] == high[-1] == 0.0
 
 
-# ---- rliable, when installed ---------------------------------------------------------------------
-
-def _rliable(module: str):
-    try:
-        return __import__(f"rliable.{module}", fromlist=[module])
-    except Exception as e:  # noqa: BLE001 - any import failure means: cannot compare
-        pytest.skip(f"rliable.{module} is not importable ({type(e).__name__}: {str(e).splitlines()[0]})")
-
-
-def test_matches_rliable_point_estimates():
-    metrics = _rliable("metrics")
-    rng = np.random.default_rng(0)
-    for shape in [(3, 1), (4, 1), (5, 3), (10, 7), (17, 2)]:
-        scores = rng.normal(size=shape)
-        assert stats.iqm(scores) == pytest.approx(metrics.aggregate_iqm(scores), abs=1e-12)
-        assert stats.mean(scores) == pytest.approx(metrics.aggregate_mean(scores), abs=1e-12)
-        assert stats.median(scores) == pytest.approx(metrics.aggregate_median(scores), abs=1e-12)
-        for gamma in (0.0, 0.5, 1.0):
-            assert stats.optimality_gap(scores, gamma) == pytest.approx(
-                metrics.aggregate_optimality_gap(scores, gamma), abs=1e-12)
-
-
-def test_matches_rliable_bootstrap_intervals():
-    library = _rliable("library")
-    metrics = _rliable("metrics")
-    scores = np.random.default_rng(1).normal(size=(10, 3))
-    reps = 20000
-    _, theirs = library.get_interval_estimates(
-        {"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_optimality_gap(s, 0.5)]),
-        reps=reps, random_state=np.random.RandomState(0))
-    lo, hi = stats.bootstrap_interval(scores, lambda s: np.stack([stats.iqm(s), stats.optimality_gap(s, 0.5)], -1),
-                                      reps=reps, rng=0)
-    # different random streams: agreement up to the bootstrap's own Monte-Carlo error
-    width = theirs["x"][1] - theirs["x"][0]
-    np.testing.assert_allclose(lo, theirs["x"][0], atol=0.05 * width.max())
-    np.testing.assert_allclose(hi, theirs["x"][1], atol=0.05 * width.max())
-
-
 # ---- real runs ----------------------------------------------------------------------------------
 
 TINY_DQN = ["--algo", "dqn", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "2000",
