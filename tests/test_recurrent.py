@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from angle_jax import registry
 from angle_jax.algos import r2d2
@@ -18,7 +19,7 @@ from angle_jax.core.axes import seed_axes
 from angle_jax.envs.base import Discrete, EnvSpec
 from angle_jax.networks.heads import QHead
 from angle_jax.networks.recurrent import (RecurrentNetwork, VectorEncoder, burn_in, initial_core, make_encoder,
-                                          reset_core, unroll)
+                                          reset_core, set_forget_bias, unroll)
 from angle_jax.training.off_policy import OffPolicyLoop, make_train
 from conftest import run_in_process
 
@@ -582,3 +583,21 @@ def test_bad_recurrent_settings_are_refused_before_anything_is_written(tmp_path,
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
     assert not run_dir.exists()
+
+
+# ---- the LSTM's initial forget-gate bias ---------------------------------------------------------
+
+def test_forget_bias_sets_only_the_lstm_forget_gate_bias():
+    spec = registry.make_env("MemoryChain-bsuite", 2).spec
+    plain = r2d2.make(r2d2.Config(hidden=(8,), core_size=8, head_hidden=(8,)), spec).init(jax.random.PRNGKey(0))
+    biased = r2d2.make(r2d2.Config(hidden=(8,), core_size=8, head_hidden=(8,), forget_bias=1.0),
+                       spec).init(jax.random.PRNGKey(0))
+    flat_plain = traverse_util.flatten_dict(plain.params)
+    flat_biased = traverse_util.flatten_dict(biased.params)
+    changed = [k for k in flat_plain if not np.array_equal(flat_plain[k], flat_biased[k])]
+    assert len(changed) == 1 and changed[0][-3:] == ("lstm", "hf", "bias"), changed
+    np.testing.assert_array_equal(flat_biased[changed[0]], np.ones(8))
+    # the target network starts from the same parameters
+    chex.assert_trees_all_equal(biased.params, biased.target_params)
+    gru = {"params": {"core": {"gru": {"hr": {"bias": jnp.zeros(3)}}}}}
+    chex.assert_trees_all_equal(set_forget_bias(gru, 1.0), gru)

@@ -18,7 +18,7 @@ from angle_jax.core.types import Memory, Rollout
 from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.mlp import ACTIVATIONS
 from angle_jax.networks.policies import ActorCritic, ActorCriticHead, policy_distribution
-from angle_jax.networks.recurrent import CORES, RecurrentNetwork, initial_core, make_encoder, unroll
+from angle_jax.networks.recurrent import CORES, RecurrentNetwork, initial_core, make_encoder, set_forget_bias, unroll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,7 @@ class OnPolicyConfig:
     log_std_init: float = 0.0
     core: str = "none"  # "lstm" or "gru": a recurrent policy (encoder `hidden` -> core -> heads)
     core_size: int = 64
+    forget_bias: float = 0.0  # an LSTM core's initial forget-gate bias
     anneal_lr: bool = True
     normalize_advantages: bool = True
     normalize_obs: bool = False  # running mean/std of observations, kept in the state (SB3's VecNormalize)
@@ -226,7 +227,10 @@ def init_params(config, spec: EnvSpec, net, key: jax.Array):
     """Fresh network parameters from a one-sample dummy input (with a core state when recurrent)."""
     obs = jnp.zeros((1, *spec.obs_shape), spec.obs_dtype)
     if recurrent(config):
-        return net.init(key, obs, initial_core(config.core, config.core_size, 1), jnp.ones((1,), jnp.bool_))
+        params = net.init(key, obs, initial_core(config.core, config.core_size, 1), jnp.ones((1,), jnp.bool_))
+        if config.core == "lstm" and config.forget_bias:
+            params = set_forget_bias(params, config.forget_bias)
+        return params
     return net.init(key, obs)
 
 

@@ -31,7 +31,7 @@ from angle_jax.envs.base import EnvSpec
 from angle_jax.networks.heads import DuelingHead, QHead
 from angle_jax.networks.mlp import ACTIVATIONS
 from angle_jax.networks.recurrent import (CORES, ENCODERS, RecurrentNetwork, burn_in, initial_core, make_encoder,
-                                          unroll)
+                                          set_forget_bias, unroll)
 from angle_jax.replay.buffer import ReplayBuffer
 from angle_jax.replay.frames import frame_replay_for
 from angle_jax.replay.sequence import sequence_priority, sequence_replay
@@ -43,8 +43,8 @@ class Config:
 
     Network: `torso` encoder then dense layers `hidden` ("auto": none for vector observations,
     the MinAtar CNN for grids, the Nature CNN for stacked Atari frames `[K, 84, 84]`), a `core`
-    ("lstm" or "gru") of `core_size` units, and a (dueling) head with `head_hidden` layers.
-    Replay: sequences of `burn_in + unroll + n_step` steps, one starting every `period` steps
+    ("lstm" or "gru") of `core_size` units (an LSTM's forget-gate bias starts at `forget_bias`), and
+    a (dueling) head with `head_hidden` layers. Replay: sequences of `burn_in + unroll + n_step` steps, one starting every `period` steps
     per env (overlapping when `period` is shorter), prioritized with exponent `per_alpha`,
     importance weights annealed from `per_beta0` to 1 over `per_beta_steps` env steps, sequence
     priority mixing max and mean |δ| by `per_eta`. Stacked uint8 frames are stored once each
@@ -57,6 +57,7 @@ class Config:
     activation: str = "relu"
     core: str = "lstm"
     core_size: int = 64
+    forget_bias: float = 0.0
     head_hidden: tuple[int, ...] = (64,)
     dueling: bool = True
     burn_in: int = 20
@@ -210,6 +211,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
     def init(key: jax.Array, spec_: EnvSpec = spec) -> R2D2State:
         obs = jnp.zeros((1, *spec_.obs_shape), jnp.dtype(spec_.obs_dtype))
         params = net.init(key, obs, initial(1), jnp.ones((1,), jnp.bool_))
+        if config.core == "lstm" and config.forget_bias:
+            params = set_forget_bias(params, config.forget_bias)
         return R2D2State(params=params, target_params=params, opt_state=tx.init(params),
                          hparams=hparams_from_config(R2D2HParams, config), step=jnp.zeros((), jnp.int32))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,19 @@ class MemoryCore(nn.Module):
         else:
             raise ValueError(f"core must be one of {', '.join(CORES)}, got {self.kind!r}")
         return cell(reset_core(core, reset), x)
+
+
+def set_forget_bias(params: Any, value: float) -> Any:
+    """`params` with the forget-gate bias of every LSTM core set to `value`, all else unchanged.
+
+    flax starts every gate bias at 0, so a fresh LSTM keeps half its memory per step (σ(0)) and
+    the gradient to a cue T steps back shrinks like 0.5^T; a bias of 1 (Jozefowicz et al. 2015,
+    Keras' `unit_forget_bias`) lets memory and its gradient last over long sequences from the
+    start of training. GRU parameters have no forget gate and are left as they are.
+    """
+    flat = traverse_util.flatten_dict(params)
+    flat = {k: (jnp.full_like(v, value) if k[-3:] == ("lstm", "hf", "bias") else v) for k, v in flat.items()}
+    return traverse_util.unflatten_dict(flat)
 
 
 class VectorEncoder(nn.Module):
