@@ -239,6 +239,24 @@ class WriteTest(chex.TestCase):
             state = new
         assert (np.asarray(state.size) == 5).all()
 
+    def test_masked_write_equals_writing_only_the_valid_items(self):
+        rng = np.random.default_rng(5)
+        state = dnd.init(2, 4, 2)
+        masked = jax.jit(dnd.write)
+        for _ in range(4):   # free slots, matches and LRU overwrites, with skipped items in between
+            h = rng.integers(0, 3, size=(6, 2)).astype(np.float32)
+            actions = rng.integers(0, 2, size=6)
+            returns = rng.normal(size=6).astype(np.float32)
+            valid = rng.random(6) < 0.5
+            new = masked(state, h, actions, returns, 0.3, 0.0, valid)
+            ref = reference_write(state, h[valid], actions[valid], returns[valid], 0.3, 0.0)
+            assert_state(new, *ref)
+            state = new
+        none = masked(state, h, actions, returns, 0.3, 0.0, np.zeros(6, bool))
+        chex.assert_trees_all_equal(none, state)
+        every = dnd.write(state, h, actions, returns, 0.3, 0.0, np.ones(6, bool))
+        chex.assert_trees_all_equal(every, dnd.write(state, h, actions, returns, 0.3, 0.0))
+
     def test_vmap_over_independent_dictionaries_equals_a_loop(self):
         rng = np.random.default_rng(4)
         n = 3

@@ -175,7 +175,8 @@ def gradient_step(state: DNDState, nb: Neighbours, grad_keys: jax.Array, grad_va
 
 
 def write(state: DNDState, h: jax.Array, actions: jax.Array, returns: jax.Array,
-          alpha: float | jax.Array, match_radius: float | jax.Array) -> DNDState:
+          alpha: float | jax.Array, match_radius: float | jax.Array,
+          valid: jax.Array | None = None) -> DNDState:
     """Write `(h [B, D], actions [B], returns [B])`, item 0 first and item B−1 last (one `lax.scan`).
 
     For each item, in action `a`'s dictionary: if its nearest entry lies within `match_radius`
@@ -184,14 +185,21 @@ def write(state: DNDState, h: jax.Array, actions: jax.Array, returns: jax.Array,
     free slot, or, when all `C` are filled, over the least recently used one (lowest
     `last_used`, ties to the lowest slot). Items see the writes of earlier items of the batch.
     `time` advances by one per item.
+
+    `valid [B]` (bool, optional): an item where it is False is skipped, as if it were not in the
+    batch (no slot changes, `time` does not advance), so a fixed-size batch can carry fewer items.
     """
     chex.assert_rank([h, actions, returns], [2, 1, 1])
     chex.assert_axis_dimension(h, 1, state.keys.shape[2])
     chex.assert_equal_shape_prefix([h, actions, returns], 1)
     capacity = state.keys.shape[1]
 
+    if valid is None:
+        valid = jnp.ones(actions.shape, jnp.bool_)
+    chex.assert_shape(valid, actions.shape)
+
     def one(st: DNDState, item):
-        x, a, g = item
+        x, a, g, ok = item
         keys_a = st.keys[a]
         size_a = st.size[a]
         _, idx, found = knn(x[None, :], keys_a, 1, size=size_a)
@@ -204,15 +212,16 @@ def write(state: DNDState, h: jax.Array, actions: jax.Array, returns: jax.Array,
         old_v = st.values[a, slot]
         value = jnp.where(match, old_v + alpha * (g - old_v), g).astype(st.values.dtype)
         key = jnp.where(match, keys_a[slot], x).astype(st.keys.dtype)
+        target = jnp.where(ok, slot, capacity)  # out of range for a skipped item: its sets are dropped
         st = st.replace(
-            keys=st.keys.at[a, slot].set(key),
-            values=st.values.at[a, slot].set(value),
-            last_used=st.last_used.at[a, slot].set(st.time),
-            size=st.size.at[a].set(jnp.where(match | full, size_a, size_a + 1)),
-            time=st.time + 1,
+            keys=st.keys.at[a, target].set(key, mode="drop"),
+            values=st.values.at[a, target].set(value, mode="drop"),
+            last_used=st.last_used.at[a, target].set(st.time, mode="drop"),
+            size=st.size.at[a].set(jnp.where(match | full | ~ok, size_a, size_a + 1)),
+            time=st.time + ok.astype(st.time.dtype),
         )
         return st, None
 
     state, _ = jax.lax.scan(one, state, (h.astype(state.keys.dtype), actions.astype(jnp.int32),
-                                         returns.astype(state.values.dtype)))
+                                         returns.astype(state.values.dtype), valid.astype(jnp.bool_)))
     return state
