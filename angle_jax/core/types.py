@@ -181,6 +181,14 @@ class Algorithm(NamedTuple):
     kernels: the kernel bundle it was made with (the loops and the Trainer use the same)
     memory: Memory                            optional: the policy is recurrent; `act` and
                                               `explore` then carry a core state (see Memory)
+    observe(state, transition, key) -> state  optional, off-policy loop only: called once per
+                                              vectorised env step with that step's `Transition`
+                                              (leaves `[num_envs, ...]`; `next_obs` is the true
+                                              successor, pre-reset), after the env step and
+                                              before the replay add, in warm-up too; the
+                                              returned state is the one that learns this step
+                                              (e.g. NEC writes its dictionary here). Not for
+                                              recurrent algorithms.
 
     An on-policy algorithm's `update(state, rollout, key)` takes a whole `Rollout`
     (leaves [T, num_envs, ...]) and its `explore` may return unclipped Box samples: the
@@ -201,6 +209,7 @@ class Algorithm(NamedTuple):
     validation: Callable[..., "Validation"] | None = None
     kernels: Kernels = XLA
     memory: Memory | None = None
+    observe: Callable[..., Any] | None = None
 
 
 def bind_kernels(algo: Algorithm) -> Algorithm:
@@ -211,7 +220,7 @@ def bind_kernels(algo: Algorithm) -> Algorithm:
     if exploration is not None:
         exploration = exploration._replace(explore=bind(exploration.explore))
     return algo._replace(update=bind(algo.update), act=bind(algo.act), explore=bind(algo.explore),
-                         exploration=exploration)
+                         exploration=exploration, observe=bind(algo.observe))
 
 
 class Validation(NamedTuple):

@@ -9,6 +9,9 @@ An algorithm with stateful exploration (`Algorithm.exploration`) has its
 state carried along and reset per env when that env's episode ends. A recurrent
 algorithm (`Algorithm.memory`) has its core state carried per env, reset where an
 episode starts, and stored with every step (`SequenceStep`) for its sequence replay.
+An algorithm that watches the stream of steps (`Algorithm.observe`, e.g. NEC writing its
+dictionary) sees each vectorised step's `Transition` after the env step, before the replay add;
+its key is drawn from the step's learning key, so algorithms without it run the same program.
 Everything is written for one seed; `angle_jax.core.seed_axes` says how to
 `vmap` a carry over seeds while the step counters stay shared. Key splits and
 replay indices are computed once as the algorithm's kernels say
@@ -97,6 +100,9 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
                              "(agent.core / r2d2) learn from sequences and do not support them yet")
         if algo.make_buffer is None:
             raise ValueError("a recurrent algorithm must supply its sequence replay (Algorithm.make_buffer)")
+        if algo.observe is not None:
+            raise ValueError("Algorithm.observe takes Transitions; a recurrent algorithm cannot have it")
+    observe = algo.observe
 
     def init(key: jax.Array) -> OffPolicyCarry:
         k_agent, k_env, k_carry = jax.random.split(key, 3)
@@ -168,8 +174,11 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         env_state, ts = env.step(carry.env_state, action, k_env)
         if exploration is not None and exploration.reset is not None:
             explore_state = exploration.reset(explore_state, ts.done)
+        agent = carry.agent
         if memory is None:
             item = Transition(carry.obs, action, ts.reward, ts.terminated, ts.truncated, ts.next_obs)
+            if observe is not None:
+                agent = observe(agent, item, jax.random.fold_in(k_learn, 2))
         else:
             item = SequenceStep(carry.obs, action, ts.reward, ts.terminated, ts.truncated, carry.reset, used)
         buffer_state = buffer.add(carry.buffer, item)
@@ -177,8 +186,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
             jnp.logical_not(warmup), carry.iteration % loop.train_frequency == 0)
         (agent, buffer_state), metrics = jax.lax.cond(
             should_learn,
-            lambda: learn(carry.agent, buffer_state, k_learn),
-            lambda: ((carry.agent, buffer_state), nan_like(metric_shapes)),
+            lambda: learn(agent, buffer_state, k_learn),
+            lambda: ((agent, buffer_state), nan_like(metric_shapes)),
         )
         meta_state = carry.meta
         if meta is not None:

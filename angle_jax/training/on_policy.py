@@ -172,6 +172,8 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
     if algo.exploration is not None:
         raise ValueError("stateful exploration (Algorithm.exploration) runs only in the off-policy loop")
+    if algo.observe is not None:
+        raise ValueError("Algorithm.observe (a hook on every env step) runs only in the off-policy loop")
     if meta is not None and algo.memory is not None:
         raise ValueError("meta-learners and auxiliary models do not support a recurrent policy (agent.core) yet")
     steps_per_iteration = loop.rollout_length * loop.num_envs
