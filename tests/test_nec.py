@@ -215,10 +215,16 @@ TINY_RUN = ["--set", "total_steps=800", "--set", "learning_starts=100", "--set",
             "--set", "agent.hidden=[16]", "--set", "agent.replay_size=400", "--set", "agent.n_step=5"]
 
 
-def test_train_py_runs_nec_and_params_ckpt_holds_the_dictionary(tmp_path):
-    run_dir = tmp_path / "nec"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("nec_runs") / "nec"
     proc = run_in_process("train.py", "--algo", "nec", "--env", "CartPole-v1", "--run-dir", str(run_dir), *TINY_RUN)
     assert proc.returncode == 0, proc.stderr
+    return run_dir, proc
+
+
+def test_train_py_runs_nec_and_params_ckpt_holds_the_dictionary(tiny_run):
+    run_dir, proc = tiny_run
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["algo"] == "nec" and summary["total_steps"] == 800
     assert "final eval" in proc.stdout
@@ -233,6 +239,24 @@ def test_train_py_runs_nec_and_params_ckpt_holds_the_dictionary(tmp_path):
     last = ckpt.CheckpointManager(run_dir / "checkpoints").path_for(800)
     full = play._agent_from_checkpoint(last, agent, config)
     chex.assert_trees_all_equal(full.dnd, agent.dnd)
+
+
+def test_resume_from_the_middle_checkpoint_is_bit_identical(tiny_run, tmp_path):
+    """The dictionary, the pending windows and NEC's replay are in the checkpointed agent state."""
+    import shutil
+
+    from angle_jax import checkpoint as ckpt
+    ref_dir, _ = tiny_run
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(ref_dir, run_dir)
+    manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+    assert manager.all_steps() == [400, 800]
+    manager.path_for(800).unlink()
+    for name in ("params.ckpt", "summary.json"):
+        (run_dir / name).unlink()
+    proc = run_in_process("train.py", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert ckpt.read_meta(run_dir / "params.ckpt")[1] == ckpt.read_meta(ref_dir / "params.ckpt")[1]
 
 
 @pytest.mark.parametrize("setting,message", [
