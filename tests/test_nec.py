@@ -188,6 +188,21 @@ def test_vmap_over_two_seeds_equals_the_single_run_of_seed_0():
         np.testing.assert_allclose(np.asarray(x), y, rtol=2e-5, atol=2e-6)
 
 
+def test_minatar_grids_use_the_minatar_cnn_and_observe_update_act_run():
+    spec = EnvSpec("grid", (10, 10, 4), "uint8", Discrete(3), num_envs=2, max_episode_steps=50)
+    algo = nec.make(dataclasses.replace(TINY, n_step=1), spec)
+    state = algo.init(jax.random.PRNGKey(0))
+    assert "MinAtarTorso_0" in state.params["params"]
+    assert state.pending.obs.shape == (1, 2, 10, 10, 4) and state.pending.obs.dtype == jnp.uint8
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.2, (2, 10, 10, 4)).astype(jnp.uint8)
+    tr = Transition(obs, jnp.asarray([0, 2], jnp.int32), jnp.ones(2), jnp.zeros(2, bool), jnp.zeros(2, bool), obs)
+    state = jax.jit(algo.observe)(state, tr, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(np.asarray(state.dnd.size), [1, 0, 1])
+    state, metrics = jax.jit(algo.update)(state, None, jax.random.PRNGKey(3))
+    assert np.isfinite(float(metrics["loss"]))
+    assert jax.jit(algo.act)(state, obs).shape == (2,)
+
+
 def test_config_checks_registry_presets_and_wrong_action_space():
     assert "nec" in registry.algo_names() and registry.algo_spec("nec").loop == "off_policy"
     assert registry.presets()[("nec", "CartPole-v1")] == "nec_cartpole.yaml"
