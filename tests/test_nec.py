@@ -303,4 +303,15 @@ def test_nec_learns_cartpole_quickly():
     carry, logs = jax.jit(train.run, static_argnums=1)(carry, 750)
     after = float(evaluate(carry.agent, jax.random.PRNGKey(1)).mean())
     assert int(carry.iteration) == 750 and np.isfinite(float(logs["loss"]))
+    assert int(carry.agent.replay.pos) == 750 % 500      # observe ran once per vectorised step (500 rows)
     assert before < 15 and after > 60, (before, after)
+
+
+def test_observe_is_refused_by_the_on_policy_loop():
+    from angle_jax.algos import ppo
+    from angle_jax.training import on_policy
+
+    env = registry.make_env("CartPole-v1", 2)
+    algo = ppo.make(ppo.Config(), env.spec)._replace(observe=lambda state, transition, key: state)
+    with pytest.raises(ValueError, match="only in the off-policy loop"):
+        on_policy.make_train(algo, env, on_policy.OnPolicyLoop(2, 8, 1))

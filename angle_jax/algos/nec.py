@@ -17,8 +17,10 @@ nothing due is masked out), so the work per env step is fixed. In the long run o
 per step that arrives; at an episode end the episode's last pending steps are all due at once
 and leave one per env step, so such a write comes at most `N` env steps after its return was
 known (the window never holds more than `N` steps). The bootstrap lookup uses the dictionary
-before this call's writes and stamps its neighbours as used (`dnd.touch`). Keys are computed
-with the embedding parameters of the time of the write.
+before this call's writes and stamps its neighbours as used (`dnd.touch`); the lookups of `act`
+and `explore` stamp nothing (they return only actions). Keys are computed with the embedding
+parameters of the time of the write. The loop calls `observe` in its random warm-up too, so the
+dictionary and the replay fill from the first env step.
 
 Replay (a design choice of this module): NEC learns from `(s_t, a_t, G_t)` with `G_t` as it was
 when written, and `G_t` is known only when the step leaves the window, so the loop's replay of
@@ -322,7 +324,11 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return epsilon_greedy(q_values(state, obs), key, epsilon)
 
     def update(state: NECState, batch: NECBatch | None, key: jax.Array):
-        """One step on `batch` (None: drawn with `key` from the state's replay)."""
+        """One step on `batch` (None: drawn with `key` from the state's replay).
+
+        Metrics: loss, q_mean (Q of the taken actions), return_mean (their targets G), both over
+        the valid items, and dnd_size (entries per action, averaged over actions, before the step).
+        """
         if batch is None:
             batch = replay.sample(state.replay, key)
         hp = state.hparams
