@@ -589,7 +589,8 @@ def test_bad_recurrent_settings_are_refused_before_anything_is_written(tmp_path,
 
 def test_forget_bias_sets_only_the_lstm_forget_gate_bias():
     spec = registry.make_env("MemoryChain-bsuite", 2).spec
-    plain = r2d2.make(r2d2.Config(hidden=(8,), core_size=8, head_hidden=(8,)), spec).init(jax.random.PRNGKey(0))
+    plain = r2d2.make(r2d2.Config(hidden=(8,), core_size=8, head_hidden=(8,), forget_bias=0.0),
+                      spec).init(jax.random.PRNGKey(0))
     biased = r2d2.make(r2d2.Config(hidden=(8,), core_size=8, head_hidden=(8,), forget_bias=1.0),
                        spec).init(jax.random.PRNGKey(0))
     flat_plain = traverse_util.flatten_dict(plain.params)

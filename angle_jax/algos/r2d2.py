@@ -57,7 +57,7 @@ class Config:
     activation: str = "relu"
     core: str = "lstm"
     core_size: int = 64
-    forget_bias: float = 0.0
+    forget_bias: float = 1.0
     head_hidden: tuple[int, ...] = (64,)
     dueling: bool = True
     burn_in: int = 20
