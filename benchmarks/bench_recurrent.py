@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 OUT = REPO / "runs" / "bench_recurrent"
 
 
@@ -101,6 +102,7 @@ def speed(args) -> None:
     from angle_jax.core.types import SequenceStep
     from angle_jax.networks.recurrent import burn_in
     from angle_jax.training.build import build_train, loop_from_config
+    from angle_jax.training.programs import map_runs
     from angle_jax.xla_cpu import select
 
     kernels = select("auto", jax.default_backend())
@@ -111,7 +113,9 @@ def speed(args) -> None:
         keys = jax.random.split(jax.random.PRNGKey(0), seeds)
         axes = seed_axes(jax.eval_shape(tr.init, keys[0]))
         iters = tr.loop.num_iterations if hasattr(tr.loop, "num_iterations") else config.total_steps // config.num_envs
-        init = jax.jit(jax.vmap(tr.init, out_axes=axes)) if seeds > 1 else jax.jit(tr.init)
+        # runs built one after another, as the Trainer does (vmapped orthogonal initialisers become
+        # batched LAPACK QRs, which can hang XLA:CPU's thread pool)
+        init = jax.jit(lambda k: map_runs(tr.init, axes, k)) if seeds > 1 else jax.jit(tr.init)
         if seeds > 1:
             run = jax.jit(jax.vmap(lambda c: tr.run(c, iters), in_axes=(axes,), out_axes=(axes, 0)))
         else:
@@ -131,7 +135,7 @@ def speed(args) -> None:
         return iters * tr.steps_per_iteration * seeds / best, compile_s
 
     rows = {}
-    for core in ("none", "lstm", "gru"):
+    for core in ("none", "lstm", "gru") if "ppo" in args.parts else ():
         overrides = [f"agent.core={core}", "agent.hidden=[64]", "num_envs=8", "total_steps=65536",
                      "agent.rollout_length=128", "agent.minibatches=4", "agent.epochs=4"]
         config = load_config(None, ["algo=ppo", "env=CartPole-v1", *overrides])
@@ -141,13 +145,15 @@ def speed(args) -> None:
             print(json.dumps({"bench": "speed", "algo": "ppo", "core": core, "seeds": seeds, **rows[f"ppo_{core}_{seeds}"]}),
                   flush=True)
     config = load_config(None, ["algo=r2d2", "env=MemoryChain-bsuite", "env_kwargs.memory_length=10",
-                                "total_steps=16000", "learning_starts=400", "num_envs=8", "buffer_size=48000",
+                                f"total_steps={args.r2d2_steps}", "learning_starts=400", "num_envs=8", "buffer_size=48000",
                                 "agent.burn_in=4", "agent.unroll=24", "agent.n_step=1", "agent.period=12"])
-    for seeds in (1, 8):
+    for seeds in (1, 8) if "r2d2" in args.parts else ():
         sps, compile_s = loop_speed(config, seeds)
         print(json.dumps({"bench": "speed", "algo": "r2d2", "seeds": seeds, "steps_per_s": round(sps),
                           "compile_s": round(compile_s, 2)}), flush=True)
 
+    if "split" not in args.parts:
+        return
     # R2D2's parts, each jitted alone at the preset's sizes (batch 32), best of many calls
     env = registry.make_env("MemoryChain-bsuite", 8, memory_length=10)
     agent_config = config.agent
@@ -203,6 +209,8 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--calls", type=int, default=200)
+    s.add_argument("--r2d2-steps", type=int, default=4000, help="env steps of each R2D2 loop timed")
+    s.add_argument("--parts", nargs="+", default=["ppo", "r2d2", "split"], choices=["ppo", "r2d2", "split"])
     s.set_defaults(fn=speed)
     args = parser.parse_args()
     args.fn(args)
