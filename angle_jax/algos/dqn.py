@@ -108,14 +108,7 @@ class Config:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        for name in ("epsilon_start", "epsilon_end"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.epsilon_end > self.epsilon_start:
-            raise ValueError(f"epsilon_end ({self.epsilon_end}) must not exceed epsilon_start "
-                             f"({self.epsilon_start}): the schedule only decays")
-        if self.epsilon_decay_steps < 0:
-            raise ValueError(f"epsilon_decay_steps must be >= 0, got {self.epsilon_decay_steps}")
+        check_epsilon_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
         if self.distributional:
             if self.num_atoms < 2:
                 raise ValueError(f"distributional needs num_atoms >= 2, got {self.num_atoms}")
@@ -159,6 +152,17 @@ class DQNState:
 
 
 # ---- named pieces -------------------------------------------------------------
+
+def check_epsilon_schedule(start: float, end: float, decay_steps: int) -> None:
+    """The linear ε schedule's settings: both ends in [0, 1], decaying, over >= 0 env steps."""
+    for name, value in (("epsilon_start", start), ("epsilon_end", end)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if end > start:
+        raise ValueError(f"epsilon_end ({end}) must not exceed epsilon_start ({start}): the schedule only decays")
+    if decay_steps < 0:
+        raise ValueError(f"epsilon_decay_steps must be >= 0, got {decay_steps}")
+
 
 def epsilon_schedule(step: jax.Array, start: jax.Array, end: jax.Array, decay_steps: jax.Array) -> jax.Array:
     """ε at env step `step`: linear from `start` to `end` over `decay_steps`, then `end`."""

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from angle_jax.algos.dqn import epsilon_greedy, epsilon_schedule, greedy_action
+from angle_jax.algos.dqn import check_epsilon_schedule, epsilon_greedy, epsilon_schedule, greedy_action
 from angle_jax.core.kernels import XLA, Kernels
 from angle_jax.core.optim import apply_gradients, direction_optimizer, hparams_from_config
 from angle_jax.core.types import AlgoSpec, Algorithm, Transition, bind_kernels
@@ -126,14 +126,7 @@ class Config:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        for name in ("epsilon_start", "epsilon_end"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.epsilon_end > self.epsilon_start:
-            raise ValueError(f"epsilon_end ({self.epsilon_end}) must not exceed epsilon_start "
-                             f"({self.epsilon_start}): the schedule only decays")
-        if self.epsilon_decay_steps < 0:
-            raise ValueError(f"epsilon_decay_steps must be >= 0, got {self.epsilon_decay_steps}")
+        check_epsilon_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
         if self.axis_name is not None:
             raise ValueError("nec keeps one dictionary per run and does not support data_parallel > 1")
 
