@@ -145,7 +145,7 @@ def speed(args) -> None:
             print(json.dumps({"bench": "speed", "algo": "ppo", "core": core, "seeds": seeds, **rows[f"ppo_{core}_{seeds}"]}),
                   flush=True)
     config = load_config(None, ["algo=r2d2", "env=MemoryChain-bsuite", "env_kwargs.memory_length=10",
-                                f"total_steps={args.r2d2_steps}", "learning_starts=400", "num_envs=8", "buffer_size=48000",
+                                f"total_steps={args.r2d2_steps}", "learning_starts=400", "batch_size=32", "num_envs=8", "buffer_size=48000",
                                 "agent.burn_in=4", "agent.unroll=24", "agent.n_step=1", "agent.period=12"])
     for seeds in (1, 8) if "r2d2" in args.parts else ():
         sps, compile_s = loop_speed(config, seeds)
@@ -188,7 +188,7 @@ def speed(args) -> None:
         "burn_in_us": timed(lambda p, b: burn_in(net, p, b.obs[head], b.core, b.reset[head]), state.params, batch),
         "update_us": timed(algo.update, state, batch, jax.random.PRNGKey(5)),
     }
-    print(json.dumps({"bench": "r2d2_cost_split", "batch": 32, "sequence": agent_config.sequence_length,
+    print(json.dumps({"bench": "r2d2_cost_split", "batch": config.batch_size, "sequence": agent_config.sequence_length,
                       "burn_in": agent_config.burn_in, **{k: round(v, 1) for k, v in parts.items()}}), flush=True)
 
 
