@@ -232,7 +232,8 @@ def main(argv=None) -> int:
         "total_steps": trainer.step,
         "final_eval_return_mean": float(returns.mean()),
         "final_eval_return_per_seed": returns.mean(axis=1).tolist(),
-        "eval_episodes": config.eval_episodes,
+        "final_eval_returns": returns.tolist(),  # [runs][episodes]
+        "eval_episodes": config.eval_episodes, "eval_seed": config.eval_seed, "eval_mode": config.eval_mode,
         "compile_s": round(trainer.compile_s, 3), "train_s": round(train_s, 3), "wall_s": round(wall, 3),
         # the steps trained in this invocation (a resumed run started at its checkpoint's step)
         "steps_per_s": round((trainer.step - trainer.start_step) / train_s, 1),
@@ -253,8 +254,13 @@ def main(argv=None) -> int:
     ckpt.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
     for lg in log:
         lg.close()
+    if config.plots:
+        from angle_jax.report.curves import write_run_plots
+
+        for path in write_run_plots(run_dir, notice=lambda m: print(m, file=sys.stderr)):
+            print(f"plot: {path}")
     per_seed = ", ".join(f"{r:.1f}" for r in summary["final_eval_return_per_seed"])
-    print(f"final eval ({config.eval_episodes} episodes/seed, deterministic): "
+    print(f"final eval ({config.eval_episodes} episodes/seed, {config.eval_mode}, eval_seed {config.eval_seed}): "
           f"mean {summary['final_eval_return_mean']:.2f}  per seed [{per_seed}]")
     for name, values in learned.items():
         print(f"meta-learned {name}: per seed [{', '.join(f'{v:.4g}' for v in values)}]")

@@ -24,6 +24,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 KERNELS = ("auto", "xla", "cpu")
 DEVICES = ("auto", "cpu", "gpu", "tpu")
+EVAL_MODES = ("greedy", "sample")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,9 @@ class RunConfig:
     log_interval: int = 5_000
     eval_episodes: int = 10
     eval_interval: int = 0
+    eval_seed: int = 0  # every evaluation of every run plays the episodes of this seed (common to comparisons)
+    eval_mode: str = "greedy"  # greedy (act) or sample (explore: the policy's sampled actions)
+    eval_overlap: bool = True  # evaluate while the next chunk trains (logged one chunk later)
     checkpoint_interval: int = 0
     keep_checkpoints: int = 3
     save_buffer: bool | None = None
@@ -59,6 +63,7 @@ class RunConfig:
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     auxiliary: tuple[str, ...] = ()
     tensorboard: bool = True
+    plots: bool = True  # curves.png (and sweep.png) in the run directory at the end (needs matplotlib)
     wandb: bool = False
     progress: bool = True
     sweep: dict = dataclasses.field(default_factory=dict)  # traced hparam name -> values, vmapped in one compile
@@ -73,9 +78,11 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("learning_starts", "eval_interval", "checkpoint_interval", "seed"):
+        for name in ("learning_starts", "eval_interval", "checkpoint_interval", "seed", "eval_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
         if self.device not in DEVICES:

@@ -1,6 +1,7 @@
 """Trainer generator, TensorBoard output, checkpoints, resume after SIGKILL, divergence guard, play.py."""
 import json
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from angle_jax import checkpoint as ckpt
-from angle_jax.config import load_config
+from angle_jax.config import ConfigError, load_config
 from angle_jax.training.trainer import DivergenceError, Trainer
 from conftest import REPO, TINY_TD3, run_in_process, run_script, xla_defaults
 
@@ -59,7 +60,7 @@ def test_evaluation_compiles_up_front_when_the_run_evaluates_as_it_goes():
     out = list(trainer())
     assert [d["step"] for d in out] == [500, 1000] and all("eval_return_mean" in d for d in out)
     assert trainer.programs._evaluate._cache_size() == 0  # the lazily compiled path was never taken
-    np.testing.assert_array_equal(trainer.evaluate(), trainer.programs._evaluate(trainer.carry.agent, trainer.programs.eval_keys(trainer.step)))
+    np.testing.assert_array_equal(trainer.evaluate(), trainer.programs._evaluate(trainer.carry.agent, trainer.programs.eval_keys()))
 
 
 def test_gc_paused_restores_the_collector_state_even_on_error():
@@ -137,23 +138,108 @@ def test_resume_refuses_to_start_over_when_no_checkpoint_fits(trained_run, tmp_p
 
 
 def test_tensorboard_events_read_back(trained_run):
-    from tensorboardX.proto import event_pb2
+    """TensorBoard's own event reader finds the scalars by name, at the logged steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _ = trained_run
-    files = list((run_dir / "events").glob("events.out.tfevents.*"))
-    assert files
-    tags = set()
-    import struct
-
-    data = files[0].read_bytes()
-    i = 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
-        ev = event_pb2.Event()
-        ev.ParseFromString(data[i + 12:i + 12 + n])
-        tags.update(v.tag for v in ev.summary.value)
-        i += 12 + n + 4
+    events = EventAccumulator(str(run_dir / "events"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
     assert {"train/episode_return_mean", "train/critic_loss", "train/steps_per_s", "eval/eval_return_mean"} <= tags
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("train/steps_per_s")] == [r["step"] for r in records]
+    evals = [(r["step"], r["eval_return_mean"]) for r in records if "eval_return_mean" in r]
+    read = [(e.step, e.value) for e in events.Scalars("eval/eval_return_mean")]
+    assert [s for s, _ in read] == [s for s, _ in evals]
+    np.testing.assert_allclose([v for _, v in read], [v for _, v in evals], rtol=1e-6)
+
+
+def test_run_directory_keeps_every_evaluation_episode_and_its_plots(trained_run):
+    """metrics.jsonl and summary.json hold the return of each evaluation episode (not only means);
+    the summary records the evaluation seed and mode; curves.png is a PNG of the documented size."""
+    from angle_jax.report import plots
+
+    run_dir, proc = trained_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    episodes = np.asarray(summary["final_eval_returns"])
+    assert episodes.shape == (1, 2)  # 1 seed x eval_episodes=2
+    np.testing.assert_allclose(episodes.mean(axis=1), summary["final_eval_return_per_seed"])
+    assert summary["eval_seed"] == 0 and summary["eval_mode"] == "greedy"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_returns" in r]
+    assert [r["step"] for r in evals] == [2000, 3000]
+    for r in evals:
+        assert np.asarray(r["eval_returns"]).shape == (1, 2)
+        assert r["eval_return_mean"] == pytest.approx(np.mean(r["eval_returns"]))
+    png = (run_dir / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == plots.pixel_size("curves")
+    assert f"plot: {run_dir / 'curves.png'}" in proc.stdout
+
+
+def test_a_run_without_matplotlib_still_ends_and_says_how_to_get_plots(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(tmp_path / "run")]
+    for o in TINY_TD3 + ["total_steps=1000", "tensorboard=false"]:
+        args += ["--set", o]
+    proc = run_in_process("train.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    notices = [line for line in proc.stderr.splitlines() if "matplotlib" in line]
+    assert len(notices) == 1 and "pip install" in notices[0], proc.stderr
+    assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_same_parameters_give_the_same_evaluation_across_runs_and_seeds():
+    """Every run is evaluated on the episodes of `eval_seed`: another run's trainer (another
+    training seed) given the same parameters returns the same episodes' returns; another
+    eval_seed gives other episodes."""
+    base = TINY_TD3 + ["total_steps=1000", "log_interval=500", "eval_episodes=3"]
+    a = Trainer(load_config(overrides=base + ["seed=0"], algo="td3", env="Pendulum-v1"))
+    list(a())
+    b = Trainer(load_config(overrides=base + ["seed=7"], algo="td3", env="Pendulum-v1"))
+    b.carry = b.init_carry()
+    np.testing.assert_array_equal(a.evaluate(), a.evaluate())
+    np.testing.assert_array_equal(b.evaluate(a.carry), a.evaluate())
+    assert not np.array_equal(b.evaluate(), a.evaluate())  # b's own (untrained) agent
+    c = Trainer(load_config(overrides=base + ["eval_seed=1"], algo="td3", env="Pendulum-v1"))
+    assert not np.array_equal(c.evaluate(a.carry), a.evaluate())
+
+
+def test_sampled_evaluation_uses_the_exploration_policy():
+    base = TINY_TD3 + ["total_steps=1000", "log_interval=500", "eval_episodes=3"]
+    greedy = Trainer(load_config(overrides=base, algo="td3", env="Pendulum-v1"))
+    list(greedy())
+    sampled = Trainer(load_config(overrides=base + ["eval_mode=sample"], algo="td3", env="Pendulum-v1"))
+    once, twice = sampled.evaluate(greedy.carry), sampled.evaluate(greedy.carry)
+    np.testing.assert_array_equal(once, twice)  # its action noise comes from the evaluation key
+    assert not np.allclose(once, greedy.evaluate())
+    with pytest.raises(ConfigError, match="eval_mode must be one of greedy, sample"):
+        load_config(overrides=base + ["eval_mode=noisy"], algo="td3", env="Pendulum-v1").validate()
+
+
+def test_overlapped_evaluation_reports_what_in_line_evaluation_reports():
+    """With `eval_overlap` an evaluation runs beside the next chunk; the dicts yielded (order,
+    steps, every value but timings) are those of evaluating in line."""
+    base = TINY_TD3 + ["total_steps=2000", "log_interval=500", "eval_interval=500", "eval_episodes=2"]
+    timing = {"chunk_s", "steps_per_s", "agent_steps_per_s"}
+
+    def logs(overlap: bool):
+        trainer = Trainer(load_config(overrides=base + [f"eval_overlap={overlap}"], algo="td3", env="Pendulum-v1"))
+        return [{k: v for k, v in d.items() if k not in timing} for d in trainer()]
+
+    overlapped, in_line = logs(True), logs(False)
+    assert [d["step"] for d in overlapped] == [500, 1000, 1500, 2000]
+    assert all("eval_returns" in d for d in overlapped)
+    assert json.dumps(overlapped) == json.dumps(in_line)
 
 
 def _payload(path: Path) -> bytes:

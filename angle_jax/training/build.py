@@ -97,10 +97,11 @@ def build_train(config: RunConfig, spec: AlgoSpec, env: Env, eval_env: Env | Non
                          f"{spec.name} is off-policy")
     algo = spec.make(agent_config, env.spec, total_steps=config.total_steps, kernels=kernels)
     meta = build_meta(config, algo, spec, env.spec)
+    sample = config.eval_mode == "sample"
     if spec.loop == "on_policy":
         loop = on_policy.OnPolicyLoop(config.num_envs, agent_config.rollout_length, config.total_steps // steps)
-        return algo, on_policy.make_train(algo, env, loop, eval_env, modules, meta)
-    return algo, off_policy.make_train(algo, env, loop_from_config(config), eval_env, meta)
+        return algo, on_policy.make_train(algo, env, loop, eval_env, modules, meta, eval_sample=sample)
+    return algo, off_policy.make_train(algo, env, loop_from_config(config), eval_env, meta, eval_sample=sample)
 
 
 def build_parts(config: RunConfig, backend: str = "cpu") -> RunParts:

@@ -48,10 +48,12 @@ class RunCheckpoints:
         return self.manager.save(step, tree, meta) if self.is_main else None
 
     def save_best(self, carry, iteration: int, step: int, eval_return_mean: float) -> None:
-        tree = self.programs.to_host(self._tree(carry))
+        """`best.ckpt` from `carry`; one whose buffer was taken out (`split_buffer`) is saved without it."""
+        with_buffer = getattr(carry, "buffer", None) is not None and self.with_buffer(carry)
+        tree = self.programs.to_host(carry if with_buffer else split_buffer(carry)[1])
         if self.is_main:
             self.manager.save_best(tree, {"iteration": iteration, "step": step, "eval_return_mean": eval_return_mean,
-                                          "with_buffer": self.with_buffer(carry)})
+                                          "with_buffer": with_buffer})
 
     def restore(self, template: Any) -> tuple[Any, dict] | None:
         """(carry laid on the run's devices, header) from the newest readable checkpoint, or None

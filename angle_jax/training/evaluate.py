@@ -1,4 +1,8 @@
-"""Deterministic evaluation of an agent on a batched eval env, as one compiled scan."""
+"""Evaluation of an agent on a batched eval env, as one compiled scan: one episode per eval env.
+
+Greedy by default (`act`: the deterministic policy); `sample=True` acts with `explore`, the
+policy's sampled actions (PPO/A2C/SAC sample their distribution, TD3/DDPG add their action noise,
+DQN-family agents act ε-greedily with the ε at the end of their schedule)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,13 +14,25 @@ from angle_jax.core.types import Algorithm
 from angle_jax.envs.base import Env
 
 
-def make_evaluate(algo: Algorithm, eval_env: Env) -> Callable[[Any, jax.Array], jax.Array]:
-    """Deterministic evaluation: one episode per eval env, returns `[num_envs]` episode returns.
+# the env step given to `explore` in sampled evaluation: past the end of every schedule
+_SCHEDULE_END = 2**30
+
+
+def make_evaluate(algo: Algorithm, eval_env: Env, sample: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
+    """Evaluation: one episode per eval env, returns `[num_envs]` episode returns. The same key
+    gives the same episodes (env starts and env randomness) whatever the agent.
 
     A recurrent policy (`algo.memory`) starts every env from its initial core state and
     carries it through the episode."""
     horizon = eval_env.spec.max_episode_steps
     memory = algo.memory
+
+    def policy(agent, obs, core, reset, key):
+        if not sample:
+            return (algo.act(agent, obs), core) if memory is None else algo.act(agent, obs, core, reset)
+        if memory is None:
+            return algo.explore(agent, obs, key, _SCHEDULE_END), core
+        return algo.explore(agent, obs, core, reset, key, _SCHEDULE_END)
 
     def evaluate(agent: Any, key: jax.Array) -> jax.Array:
         k_reset, k_steps = jax.random.split(key)
@@ -25,10 +41,7 @@ def make_evaluate(algo: Algorithm, eval_env: Env) -> Callable[[Any, jax.Array], 
 
         def body(c, k):
             env_state, obs, total, alive, core, reset = c
-            if memory is None:
-                action = algo.act(agent, obs)
-            else:
-                action, core = algo.act(agent, obs, core, reset)
+            action, core = policy(agent, obs, core, reset, jax.random.fold_in(k, 1))
             env_state, ts = eval_env.step(env_state, action, k)
             reset = ts.done
             reward = ts.info.get("raw_reward", ts.reward)

@@ -79,8 +79,9 @@ def reset_where(reset: jax.Array, initial: Any, core: Any) -> Any:
 
 
 def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | None = None,
-               meta: MetaLearner | None = None) -> OffPolicyTrain:
-    """Build the pure functions of one off-policy run (one seed)."""
+               meta: MetaLearner | None = None, eval_sample: bool = False) -> OffPolicyTrain:
+    """Build the pure functions of one off-policy run (one seed); evaluation is greedy, or acts
+    with `explore` when `eval_sample`."""
     spec = env.spec
     if spec.num_envs != loop.num_envs:
         raise ValueError(f"env has {spec.num_envs} envs, loop expects {loop.num_envs}")
@@ -224,7 +225,7 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         logs.update({k: jnp.nanmean(v) for k, v in metrics.items()})
         return carry, logs
 
-    evaluate = make_evaluate(algo, eval_env) if eval_env is not None else None
+    evaluate = make_evaluate(algo, eval_env, eval_sample) if eval_env is not None else None
 
     def train(key: jax.Array, num_iters: int):
         return run(init(key), num_iters)

@@ -162,8 +162,10 @@ def collect(algo: Algorithm, env: Env, agent: Any, env_state: Any, obs: jax.Arra
 
 
 def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | None = None,
-               modules: tuple[Module, ...] = (), meta: MetaLearner | None = None) -> OnPolicyTrain:
-    """Build the pure functions of one on-policy run (one seed).
+               modules: tuple[Module, ...] = (), meta: MetaLearner | None = None,
+               eval_sample: bool = False) -> OnPolicyTrain:
+    """Build the pure functions of one on-policy run (one seed); evaluation is greedy, or samples
+    the policy (`explore`) when `eval_sample`.
 
     `meta.update(meta_state, agent, rollout, key)` runs at iterations 0, interval,
     2·interval, ..., before the agent's update on that rollout."""
@@ -243,7 +245,7 @@ def make_train(algo: Algorithm, env: Env, loop: OnPolicyLoop, eval_env: Env | No
         logs.update({k: (jnp.nanmean if k.startswith("meta/") else jnp.mean)(v) for k, v in metrics.items()})
         return carry, logs
 
-    evaluate = make_evaluate(algo, eval_env) if eval_env is not None else None
+    evaluate = make_evaluate(algo, eval_env, eval_sample) if eval_env is not None else None
 
     def train(key: jax.Array, num_iters: int = loop.num_iterations):
         return run(init(key), num_iters)

@@ -340,21 +340,25 @@ class RunPrograms:
         self.compile_s += time.perf_counter() - t0
         return carry
 
-    def eval_keys(self, step: int) -> jax.Array:
-        """Evaluation keys of every run at env step `step`."""
-        eval_keys = parallel.run_keys(10_000 + self.config.seed, self.config.seeds, len(self.configs))
-        return jax.vmap(lambda k: jax.random.fold_in(k, step))(eval_keys)
+    def eval_keys(self) -> jax.Array:
+        """The evaluation key of every run: `PRNGKey(eval_seed)` for all of them, at every
+        evaluation, so every run (and every run of a comparison with the same `eval_seed`) is
+        evaluated on the same episodes and the same parameters give the same returns."""
+        return parallel.run_keys(self.config.eval_seed, 1, len(self.configs) * self.config.seeds)
 
     def _lower_evaluate(self):
         with self.kernels.lowering():
-            return self._evaluate.lower(self.carry_spec.agent, self.eval_keys(0))
+            return self._evaluate.lower(self.carry_spec.agent, self.eval_keys())
 
-    def evaluate(self, agent, step: int) -> np.ndarray:
-        """Deterministic evaluation returns of every run's agent, shape [runs, eval_episodes]."""
+    def evaluate_async(self, agent) -> jax.Array:
+        """Dispatch the evaluation of every run's agent; returns its (not yet ready) returns."""
         evaluate = self._evaluate if self._evaluate_compiled is None else self._evaluate_compiled
         with self.kernels.lowering():
-            returns = evaluate(agent, self.eval_keys(step))
-        return np.asarray(self.to_host(returns))
+            return evaluate(agent, self.eval_keys())
+
+    def evaluate(self, agent) -> np.ndarray:
+        """Evaluation returns of every run's agent, shape [runs, eval_episodes]."""
+        return np.asarray(self.to_host(self.evaluate_async(agent)))
 
     def agents(self, carry) -> Any:
         """The agents of all runs, `[runs, ...]`, on the host (shard 0 of each run)."""

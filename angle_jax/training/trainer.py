@@ -23,7 +23,7 @@ from angle_jax import parallel
 from angle_jax.config import ConfigError, RunConfig
 from angle_jax.training.build import build_parts
 from angle_jax.training.checkpointing import RunCheckpoints
-from angle_jax.training.programs import RunPrograms, gc_paused
+from angle_jax.training.programs import RunPrograms, gc_paused, split_buffer
 
 
 class DivergenceError(RuntimeError):
@@ -124,9 +124,10 @@ class Trainer:
         return self.programs.agents(self.carry if carry is None else carry)
 
     def evaluate(self, carry=None) -> np.ndarray:
-        """Deterministic evaluation returns, shape [runs, eval_episodes] (runs = configs x seeds)."""
+        """Evaluation returns, shape [runs, eval_episodes] (runs = configs x seeds): the episodes
+        of `config.eval_seed`, greedy or sampled as `config.eval_mode` says."""
         carry = self.carry if carry is None else carry
-        return self.programs.evaluate(carry.agent, self.step)
+        return self.programs.evaluate(carry.agent)
 
     # ---- checkpoints -----------------------------------------------------------
     def save_checkpoint(self, carry=None):
@@ -157,13 +158,22 @@ class Trainer:
             raise DivergenceError(self.step, "params")
 
     def __call__(self) -> Iterator[dict]:
-        """Yield one `log_data` dict per compiled chunk until the budget is spent."""
+        """Yield one `log_data` dict per compiled chunk until the budget is spent.
+
+        An evaluation due after a chunk is dispatched before the next chunk and, with
+        `config.eval_overlap`, left running beside it: that chunk's `log_data` (with its
+        `eval_*` entries) is yielded once the next chunk has finished, so the evaluation costs
+        only what it takes from the training it shares the device with. Only the replay buffer
+        is donated to a chunk, so the evaluated agent (and the rest of the carry, for
+        `best.ckpt`, saved without the buffer in that case) stays valid meanwhile. The last
+        chunk's evaluation runs in line."""
         if self.carry is None:
             if not (self._resume and self.restore()):
                 self.carry = self.init_carry()
         self.start_step = self.step  # where this generator starts (after a resume: the checkpoint's step)
         eval_every = self.config.eval_interval
         ckpt_every = self.config.checkpoint_interval
+        pending = None  # an evaluation in flight: (returns, log_data, carry without buffer, iteration, step)
         while self.iteration < self.total_iters:
             n = min(self.chunk_iters, self.total_iters - self.iteration)
             run = self.programs.chunk(n)
@@ -180,16 +190,32 @@ class Trainer:
             log_data.update(step=self.step, chunk_s=seconds,
                             steps_per_s=n * self.steps_per_iter / seconds,
                             agent_steps_per_s=n * self.steps_per_iter * self.runs / seconds)
+            if pending is not None:
+                yield self._record_eval(*pending)
+                pending = None
             if eval_every and (self.step // eval_every > prev_step // eval_every or self.iteration >= self.total_iters):
-                returns = self.evaluate()
-                log_data["eval_return_mean"] = float(returns.mean())
-                log_data["eval_return_per_seed"] = returns.mean(axis=1).tolist()
-                if log_data["eval_return_mean"] > self.best_eval and self.checkpoints is not None:
-                    self.best_eval = log_data["eval_return_mean"]
-                    self.checkpoints.save_best(self.carry, self.iteration, self.step, self.best_eval)
+                if self.config.eval_overlap and self.iteration < self.total_iters:
+                    rest = split_buffer(self.carry)[1]
+                    pending = (self.programs.evaluate_async(rest.agent), log_data, rest, self.iteration, self.step)
+                else:
+                    self._record_eval(self.programs.evaluate_async(self.carry.agent), log_data, self.carry,
+                                      self.iteration, self.step)
             if ckpt_every and self.step // ckpt_every > prev_step // ckpt_every:
                 self.save_checkpoint()
-            yield log_data
+            if pending is None or pending[1] is not log_data:
+                yield log_data
+
+    def _record_eval(self, returns, log_data: dict, carry, iteration: int, step: int) -> dict:
+        """Add an evaluation's returns to `log_data` (mean, per seed, per episode) and save
+        `best.ckpt` from `carry` when the mean is the best so far."""
+        returns = np.asarray(self.programs.to_host(returns), np.float64)
+        log_data["eval_return_mean"] = float(returns.mean())
+        log_data["eval_return_per_seed"] = returns.mean(axis=1).tolist()
+        log_data["eval_returns"] = returns.tolist()
+        if log_data["eval_return_mean"] > self.best_eval and self.checkpoints is not None:
+            self.best_eval = log_data["eval_return_mean"]
+            self.checkpoints.save_best(carry, iteration, step, self.best_eval)
+        return log_data
 
 
 def summarize(logs: dict, seeds: int) -> dict:
