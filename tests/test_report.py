@@ -283,6 +283,7 @@ def no_matplotlib(monkeypatch):
 def test_run_plots_without_matplotlib(run_dirs, tmp_path, no_matplotlib):
     single = tmp_path / "single"
     shutil.copytree(run_dirs["dqn_a"], single)
+    (single / "curves.png").unlink()  # written by train.py at the end of the run
     notices = []
     assert write_run_plots(single, notice=notices.append) == []
     assert notices == [plots.NOTICE] and "pip install matplotlib" in plots.NOTICE
@@ -298,6 +299,22 @@ def _report(argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_report_states_the_evaluation_protocol(run_dirs):
+    import dataclasses
+
+    from angle_jax.report.__main__ import evaluation_protocol
+
+    groups = R.group_runs(R.load_runs([(run_dirs["dqn_a"], None), (run_dirs["dqn_b"], None)]))
+    assert len(groups) == 1 and len(groups[0].runs) == 2
+    episodes = groups[0].runs[0].config["eval_episodes"]
+    assert evaluation_protocol(groups) == (f"{episodes} greedy episodes per seed, eval_seed 0 for every run "
+                                           f"(the same episodes for every run and seed).")
+    a, b = groups[0].runs
+    other = dataclasses.replace(groups[0], runs=(a, dataclasses.replace(b, config={**b.config, "eval_seed": 3})))
+    text = evaluation_protocol([other])
+    assert text.startswith("differs between runs: ") and "eval_seed 0" in text and "eval_seed 3" in text
 
 
 def test_report_writes_table_and_figures(run_dirs, tmp_path, capsys):

@@ -106,6 +106,20 @@ def _fmt(e: stats.Estimate) -> str:
     return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]"
 
 
+def evaluation_protocol(groups: list[Group]) -> str:
+    """How the runs were evaluated (episodes, mode, evaluation seed), said once when all agree."""
+    def protocol(run) -> str:
+        c = run.config
+        seed = c.get("eval_seed")
+        return (f"{c.get('eval_episodes', '?')} {c.get('eval_mode', 'greedy')} episodes per seed, "
+                + (f"eval_seed {seed}" if seed is not None else "evaluation seeds of an older version (per run)"))
+
+    found = {f"{r.label} ({r.path.name})": protocol(r) for g in groups for r in g.runs}
+    if len(set(found.values())) == 1:
+        return next(iter(found.values())) + " for every run (the same episodes for every run and seed)."
+    return "differs between runs: " + "; ".join(f"{label}: {p}" for label, p in found.items()) + "."
+
+
 def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], args, refs,
              thresholds: list[float | None], figures: list[str], command: str) -> str:
     gap = any(t is not None for t in thresholds)
@@ -124,7 +138,8 @@ def markdown(groups: list[Group], estimates: list[dict[str, stats.Estimate]], ar
               "Estimators of rliable (Agarwal et al. 2021): mean; median of the per-task means (with one task, "
               "the mean again); IQM, the 25% trimmed mean of all scores" + gaps,
               f"Intervals: 95% percentile intervals of a stratified bootstrap (seeds resampled within each task), "
-              f"{args.reps} repetitions, seed {args.seed}.", ""]
+              f"{args.reps} repetitions, seed {args.seed}.",
+              "Evaluation: " + evaluation_protocol(groups), ""]
     lines.append("| label | algo | env | seeds | " + " | ".join(f"{c} [95% CI]" for c in cols) + " |")
     lines.append("| --- | --- | --- | ---: | " + " | ".join("---" for _ in cols) + " |")
     for g, est in zip(groups, estimates):

@@ -15,7 +15,8 @@ import numpy as np
 
 # config keys that do not change what is learned (bookkeeping, devices, logging)
 IGNORED_KEYS = {"seed", "seeds", "sweep", "progress", "tensorboard", "wandb", "device", "kernels",
-                "checkpoint_interval", "keep_checkpoints", "save_buffer", "data_parallel", "log_interval", "eval_interval"}
+                "checkpoint_interval", "keep_checkpoints", "save_buffer", "data_parallel", "log_interval", "eval_interval",
+                "eval_overlap", "plots"}
 
 
 class RunError(ValueError):
