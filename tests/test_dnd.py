@@ -277,7 +277,7 @@ class SettingsTest(chex.TestCase):
 
     def test_bad_settings_raise_one_line_value_errors(self):
         dnd.check(50, 100, 64, 0.1, 1e-3)
-        bad = [((101, 100, 64, 0.1, 1e-3), "k must be"), ((0, 100, 64, 0.1, 1e-3), "k must be"),
+        bad = [((101, 100, 64, 0.1, 1e-3), "k \\(neighbours\\) must be"), ((0, 100, 64, 0.1, 1e-3), "k \\(neighbours\\) must be"),
                ((5, 100, 0, 0.1, 1e-3), "key_size"), ((5, 0, 4, 0.1, 1e-3), "capacity"),
                ((5, 100, 4, 0.0, 1e-3), "alpha"), ((5, 100, 4, 1.5, 1e-3), "alpha"),
                ((5, 100, 4, float("nan"), 1e-3), "alpha"), ((5, 100, 4, 0.1, 0.0), "delta"),
@@ -290,7 +290,7 @@ class SettingsTest(chex.TestCase):
         for sizes in [(0, 4, 2), (2, 0, 2), (2, 4, 0)]:
             with pytest.raises(ValueError, match="at least 1"):
                 dnd.init(*sizes)
-        with pytest.raises(ValueError, match="k must be"):
+        with pytest.raises(ValueError, match="k must be in \\[1, 4\\]"):
             dnd.lookup(dnd.init(2, 4, 2), jnp.zeros((1, 2)), 5, 0.1)
 
     def test_nbytes_counts_the_arrays(self):

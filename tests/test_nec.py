@@ -277,7 +277,7 @@ def test_resume_from_the_middle_checkpoint_is_bit_identical(tiny_run, tmp_path):
 @pytest.mark.parametrize("setting,message", [
     ("agent.k=100", "agent.k (neighbours) must be in [1, capacity=64], got 100"),
     ("agent.alpha=0", "agent.alpha (tabular learning rate) must be in (0, 1], got 0.0"),
-    ("agent.delta=0", "agent.delta (kernel constant) must be positive, got 0.0"),
+    ("agent.delta=0", "agent.delta (kernel constant) must be positive and finite, got 0.0"),
     ("agent.key_size=0", "agent.key_size must be at least 1, got 0"),
 ])
 def test_bad_settings_through_the_cli_exit_2_with_one_line_and_write_nothing(tmp_path, setting, message):

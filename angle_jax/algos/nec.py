@@ -94,16 +94,6 @@ class Config:
     axis_name: str | None = None
 
     def validate(self, num_envs: int | None = None) -> None:
-        if self.key_size < 1:
-            raise ValueError(f"key_size must be at least 1, got {self.key_size}")
-        if self.capacity < 1:
-            raise ValueError(f"capacity (entries per action) must be at least 1, got {self.capacity}")
-        if not 1 <= self.k <= self.capacity:
-            raise ValueError(f"k (neighbours) must be in [1, capacity={self.capacity}], got {self.k}")
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"alpha (tabular learning rate) must be in (0, 1], got {self.alpha}")
-        if not self.delta > 0.0:
-            raise ValueError(f"delta (kernel constant) must be positive, got {self.delta}")
         dnd.check(self.k, self.capacity, self.key_size, self.alpha, self.delta)
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")

@@ -50,19 +50,19 @@ class Neighbours(NamedTuple):
 
 
 def check(k: int, capacity: int, key_size: int, alpha: float, delta: float, num_actions: int = 1) -> None:
-    """Raise ValueError (one line) for settings no dictionary can run with."""
+    """Raise ValueError (one line, naming the setting) for settings no dictionary can run with."""
     if num_actions < 1:
-        raise ValueError(f"DND num_actions must be at least 1, got {num_actions}")
+        raise ValueError(f"num_actions must be at least 1, got {num_actions}")
     if capacity < 1:
-        raise ValueError(f"DND capacity must be at least 1, got {capacity}")
+        raise ValueError(f"capacity (entries per action) must be at least 1, got {capacity}")
     if key_size < 1:
-        raise ValueError(f"DND key_size must be at least 1, got {key_size}")
+        raise ValueError(f"key_size must be at least 1, got {key_size}")
     if not 1 <= k <= capacity:
-        raise ValueError(f"DND k must be in [1, capacity={capacity}], got {k}")
+        raise ValueError(f"k (neighbours) must be in [1, capacity={capacity}], got {k}")
     if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"DND alpha (tabular learning rate) must be in (0, 1], got {alpha}")
+        raise ValueError(f"alpha (tabular learning rate) must be in (0, 1], got {alpha}")
     if not 0.0 < delta < math.inf:
-        raise ValueError(f"DND delta (kernel constant) must be positive and finite, got {delta}")
+        raise ValueError(f"delta (kernel constant) must be positive and finite, got {delta}")
 
 
 def init(num_actions: int, capacity: int, key_size: int) -> DNDState:
