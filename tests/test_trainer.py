@@ -270,6 +270,9 @@ def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
     assert _payload(run_dir / "params.ckpt") == _payload(ref_dir / "params.ckpt")
     ref_last = ckpt.CheckpointManager(ref_dir / "checkpoints").path_for(3000)
     assert _payload(run_dir / "checkpoints" / ref_last.name) == _payload(ref_last)
+    # the same parameters, the same evaluation episodes: the resumed run's evaluation is the reference's
+    summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref_dir))
+    assert summary["final_eval_returns"] == ref_summary["final_eval_returns"]
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(trained_run, tmp_path):
