@@ -171,14 +171,14 @@ def make_app(engine, *, token: str | None, max_body: int, max_rows: int, info: d
         engine.metrics.http_errors[e.status] += 1
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if expected is not None:
+    if expected is not None:  # (no middleware at all without a token: it costs time on every request)
+        @app.middleware("http")
+        async def guard(request: Request, call_next):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error(BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                         "authorization"), headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+            return await call_next(request)
 
     async def read_json(request: Request):
         length = request.headers.get("content-length")
