@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"# {cpu_name()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     if args.what in ("latency", "all"):
-        bench_latency(tmp, {1: 1000, 16: 4000, 64: 8192})
+        bench_latency(tmp, {1: 1000, 16: 2000, 64: 4096})
     if args.what in ("kill", "all"):
         bench_kill(tmp)
     if args.what in ("learn", "all"):
