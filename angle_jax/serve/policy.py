@@ -135,8 +135,6 @@ def make_decide(algo_name: str, algo, spec) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    hp_names = set()
-
     def hparams_of(agent):
         return getattr(agent, "hparams", None)
 
@@ -183,7 +181,6 @@ def make_decide(algo_name: str, algo, spec) -> Callable:
         action = jnp.where(mask, explored, greedy)
         return action, log_prob.astype(jnp.float32)
 
-    del hp_names
     return jax.jit(decide)
 
 
