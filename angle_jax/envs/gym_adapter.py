@@ -123,8 +123,9 @@ class GymVectorEnv(HostEnv):
                 final = info["final_info"]
                 raw[ended] = np.asarray(final["raw_reward"], np.float32)[ended]
                 game_over[ended] = np.asarray(final["game_over"], bool)[ended]
-        return (np.asarray(handle), next_obs, obs, np.asarray(reward, np.float32), np.asarray(term, bool),
-                np.asarray(trunc, bool), raw, game_over)
+        # packed into two arrays: each array a callback returns costs a conversion
+        scalars = np.stack([np.asarray(reward, np.float32), term, trunc, raw, game_over]).astype(np.float32)
+        return np.asarray(handle), np.stack([next_obs, obs]), scalars
 
     # ---- protocol ------------------------------------------------------------------
 
@@ -135,10 +136,14 @@ class GymVectorEnv(HostEnv):
 
     def step(self, state: HostState, action: jax.Array, key: jax.Array):
         del key
-        f32, b = self._per_env_struct(jnp.float32), self._per_env_struct(jnp.bool_)
-        handle, next_obs, obs, reward, term, trunc, raw, game_over = self.host_call(
-            self._host_step, (self._handle_struct(), self._obs_struct(), self._obs_struct(), f32, b, b, f32, b),
+        n = self.spec.num_envs
+        obs_pair = jax.ShapeDtypeStruct((2, n, *self.spec.obs_shape), self._obs_dtype)
+        handle, obs_pair, scalars = self.host_call(
+            self._host_step, (self._handle_struct(), obs_pair, jax.ShapeDtypeStruct((5, n), jnp.float32)),
             state.handle, action)
+        next_obs, obs = obs_pair[0], obs_pair[1]
+        reward, raw = scalars[0], scalars[3]
+        term, trunc, game_over = (scalars[i] > 0.5 for i in (1, 2, 4))
         done = jnp.logical_or(term, trunc)
         if not self.is_retro:
             raw = game_over = None
