@@ -92,6 +92,10 @@ class RunConfig:
         except registry.UnknownNameError as e:
             raise ConfigError(str(e)) from None
         self._validate_scale(spec.loop == "on_policy")
+        if registry.is_host_env(self.env) and (self.seeds > 1 or self.sweep or self.data_parallel > 1):
+            raise ConfigError(f"{self.env} steps its envs on the host (one vector env per run), so runs cannot be "
+                              f"vmapped over it: use seeds=1, no sweep and no data_parallel (start one process "
+                              f"per seed with --seed S)")
         if spec.loop == "off_policy":
             if self.buffer_size < self.num_envs:
                 raise ConfigError(f"buffer_size ({self.buffer_size}) must be at least num_envs ({self.num_envs})")

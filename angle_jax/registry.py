@@ -5,6 +5,9 @@ Algorithms and loop modules are registered by their module's one description (`S
 factories `factory(num_envs, **kwargs) -> Env`: gymnax names, the data feeds, envpool's names and
 the partially observed (no-velocity) variants are built in, and a user's module adds its own with
 `register_env` (listed under `imports:` in a config, it is imported before the env is looked up).
+Two prefixes reach envs that run on the host: `gym:<id>` any Gymnasium id and `retro:<game>` any
+stable-retro game (`envs.gym_adapter`); such a name is checked (package installed, id known, ROM
+imported) when it is looked up.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Callable
 
 from angle_jax.algos import a2c, ddpg, dqn, nec, ppo, r2d2, rainbow, rnd, sac, td3
 from angle_jax.core.types import AlgoSpec, ModuleSpec, UnknownNameError
-from angle_jax.envs import datafeed, envpool_adapter, partial_obs
+from angle_jax.envs import datafeed, envpool_adapter, gym_make, partial_obs
 from angle_jax.envs.base import Box, Env
 from angle_jax.envs.gymnax_adapter import GymnaxEnv, gymnax_names
 from angle_jax.envs.wrappers import EpisodeStatistics, RescaleAction
@@ -83,11 +86,26 @@ def register_env(name: str, factory: Callable[..., Env], *, overwrite: bool = Fa
     _ENV_FACTORIES[name] = factory
 
 
+# the host-env prefixes, as env listings show them
+HOST_ENV_PATTERNS = ("gym:<Gymnasium id>", "retro:<stable-retro game>")
+
+
 def env_names() -> list[str]:
-    return sorted(set(gymnax_names()) | set(_ENV_FACTORIES))
+    return sorted(set(gymnax_names()) | set(_ENV_FACTORIES)) + list(HOST_ENV_PATTERNS)
+
+
+def is_host_env(name: str) -> bool:
+    """Whether `name` is a `gym:` / `retro:` env, stepped on the host (one instance per run)."""
+    return gym_make.is_host_env(name) and name not in _ENV_FACTORIES
 
 
 def check_env_name(name: str) -> None:
+    if is_host_env(name):
+        try:
+            gym_make.check(name)
+        except gym_make.HostEnvNameError as e:
+            raise UnknownNameError(str(e)) from None
+        return
     if name not in _ENV_FACTORIES and name not in gymnax_names():
         raise _unknown("env", name, env_names())
 
@@ -97,6 +115,13 @@ def make_raw_env(name: str, num_envs: int, **kwargs) -> Env:
     check_env_name(name)
     if name in _ENV_FACTORIES:
         return _ENV_FACTORIES[name](num_envs, **kwargs)
+    if is_host_env(name):
+        from angle_jax.envs.gym_adapter import GymVectorEnv
+
+        try:
+            return GymVectorEnv(name, num_envs, **kwargs)
+        except gym_make.HostEnvNameError as e:
+            raise UnknownNameError(str(e)) from None
     return GymnaxEnv(name, num_envs, **kwargs)
 
 

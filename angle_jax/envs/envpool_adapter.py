@@ -34,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from flax import struct
-from jax.experimental import io_callback
 
 from angle_jax.core.types import UnknownNameError
-from angle_jax.envs.base import Box, Discrete, Env, EnvSpec, TimeStep
+from angle_jax.envs.base import EnvSpec
+from angle_jax.envs.host import HostEnv, HostState, obs_dtype_for, space_from_gym
 
 INSTALL_HINT = "pip install 'angle_jax[atari]'"
 
@@ -136,26 +135,14 @@ def xla_supported() -> tuple[bool, str]:
     return True, ""
 
 
-@struct.dataclass
-class EnvpoolState:
-    """envpool's XLA handle (uint8[8]); passing it from call to call orders the side effects."""
-
-    handle: jax.Array
+# envpool's XLA handle is the host-env token (uint8[8]) of `angle_jax.envs.host`
+EnvpoolState = HostState
 
 
-def _space(space) -> Discrete | Box:
-    if hasattr(space, "n"):
-        return Discrete(int(space.n))
-    shape = tuple(int(s) for s in space.shape)
-    low = np.broadcast_to(np.asarray(space.low, np.float64), shape).reshape(-1)
-    high = np.broadcast_to(np.asarray(space.high, np.float64), shape).reshape(-1)
-    return Box(tuple(float(x) for x in low), tuple(float(x) for x in high), shape)
-
-
-class EnvpoolEnv(Env):
+class EnvpoolEnv(HostEnv):
     """`num_envs` envpool envs of task `task_id`, one protocol step per call.
 
-    One C++ env pool per instance: the env cannot be vmapped over seeds
+    One C++ env pool per instance, a `HostEnv`: the env cannot be vmapped over seeds
     (`vmappable = False`), and its state is a handle, not data a checkpoint can restore.
 
     backend: "xla" (envpool's FFI calls inside the compiled program), "callback"
@@ -166,8 +153,6 @@ class EnvpoolEnv(Env):
     The pool is seeded once by `seed`; `reset`'s key is not used (envpool draws its own
     randomness), and one instance cannot be `vmap`ped over seeds.
     """
-
-    vmappable = False
 
     def __init__(self, name: str, num_envs: int, *, seed: int = 0, num_threads: int | None = None,
                  backend: str = "auto", **kwargs):
@@ -191,13 +176,13 @@ class EnvpoolEnv(Env):
         act_space = self.pool.action_space
         self._raw_obs_dtype = np.dtype(obs_space.dtype)
         self._raw_act_dtype = np.dtype(self.pool.spec.action_array_spec["action"].dtype)
-        obs_dtype = np.uint8 if self._raw_obs_dtype == np.uint8 else np.float32
+        obs_dtype = obs_dtype_for(self._raw_obs_dtype)
         self._obs_dtype = obs_dtype
         self.spec = EnvSpec(
             name=name,
             obs_shape=tuple(int(s) for s in obs_space.shape),
             obs_dtype=np.dtype(obs_dtype).name,
-            action_space=_space(act_space),
+            action_space=space_from_gym(act_space),
             num_envs=int(num_envs),
             max_episode_steps=int(self.pool.config["max_episode_steps"]),
         )
@@ -237,9 +222,6 @@ class EnvpoolEnv(Env):
 
     # ---- host side -----------------------------------------------------------------
 
-    def _host_obs(self, obs) -> np.ndarray:
-        return np.asarray(obs).astype(self._obs_dtype, copy=False)
-
     def _host_info(self, info: dict) -> tuple[np.ndarray, np.ndarray]:
         n = self.spec.num_envs
         raw = np.asarray(info.get("reward", np.zeros(n)), np.float32)
@@ -267,21 +249,13 @@ class EnvpoolEnv(Env):
         return (np.asarray(handle), self._host_obs(obs), np.asarray(reward, np.float32),
                 np.asarray(term, bool), np.asarray(trunc, bool), raw, game_over)
 
-    # ---- shapes --------------------------------------------------------------------
-
-    def _obs_struct(self):
-        return jax.ShapeDtypeStruct((self.spec.num_envs, *self.spec.obs_shape), self._obs_dtype)
-
-    def _handle_struct(self):
-        return jax.ShapeDtypeStruct((8,), jnp.uint8)
-
     # ---- protocol ------------------------------------------------------------------
 
     def reset(self, key: jax.Array):
         """Blocking envpool reset of every env (through a host callback, so it works under jit)."""
         del key
-        handle, obs = io_callback(self._host_reset, (self._handle_struct(), self._obs_struct()),
-                                  jnp.asarray(self._handle))
+        handle, obs = self.host_call(self._host_reset, (self._handle_struct(), self._obs_struct()),
+                                     jnp.asarray(self._handle))
         return obs, EnvpoolState(handle)
 
     def _raw_step(self, handle, action):
@@ -296,8 +270,8 @@ class EnvpoolEnv(Env):
                     trunc.astype(jnp.bool_), raw, game_over)
         f32 = jax.ShapeDtypeStruct((n,), jnp.float32)
         b = jax.ShapeDtypeStruct((n,), jnp.bool_)
-        return io_callback(self._host_step, (self._handle_struct(), self._obs_struct(), f32, b, b, f32, b),
-                           handle, action)
+        return self.host_call(self._host_step, (self._handle_struct(), self._obs_struct(), f32, b, b, f32, b),
+                              handle, action)
 
     def step(self, state: EnvpoolState, action: jax.Array, key: jax.Array):
         del key
@@ -305,16 +279,12 @@ class EnvpoolEnv(Env):
         done = jnp.logical_or(term, trunc)
 
         def reset_done():
-            return io_callback(self._host_reset_done, (self._handle_struct(), self._obs_struct()), handle, done)
+            return self.host_call(self._host_reset_done, (self._handle_struct(), self._obs_struct()), handle, done)
 
         handle, reset_obs = jax.lax.cond(jnp.any(done), reset_done, lambda: (handle, jnp.zeros_like(next_obs)))
-        shape = (-1,) + (1,) * len(self.spec.obs_shape)
-        obs = jnp.where(done.reshape(shape), reset_obs, next_obs)
-        info = {}
-        if self.is_atari:
-            info = {"raw_reward": raw, "episode_end": jnp.logical_or(game_over, trunc)}
-        ts = TimeStep(obs=obs, reward=reward, terminated=term, truncated=trunc, next_obs=next_obs, info=info)
-        return EnvpoolState(handle), ts
+        if not self.is_atari:
+            raw = game_over = None
+        return self.finish_step(handle, next_obs, reset_obs, done, reward, term, trunc, raw, game_over)
 
     def close(self) -> None:
         self.pool.close()
