@@ -197,6 +197,7 @@ def main(argv=None) -> int:
             log.append(loggers.WandbLogger(run_dir, C.to_dict(config), run_dir.name))
 
     start = time.perf_counter()
+    compiled_before = trainer.compile_s  # building, and a resume's restore, compile before the clock starts
     try:
         for log_data in trainer():
             for lg in log:
@@ -225,8 +226,8 @@ def main(argv=None) -> int:
         return 0
     ckpt.save(run_dir / "params.ckpt", agent, {"step": trainer.step, "algo": config.algo})
     used = trainer.devices_used()
-    # `wall` starts after the Trainer was built, `compile_s` includes building it
-    train_s = max(wall - (trainer.compile_s - trainer.build_s), 1e-9)
+    # `wall` starts after the Trainer was built (and restored); compiles after that do not count as training
+    train_s = max(wall - (trainer.compile_s - compiled_before), 1e-9)
     summary = {
         "algo": config.algo, "env": config.env, "seeds": config.seeds, "seed": config.seed,
         "total_steps": trainer.step,

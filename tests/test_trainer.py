@@ -273,6 +273,8 @@ def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
     # the same parameters, the same evaluation episodes: the resumed run's evaluation is the reference's
     summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref_dir))
     assert summary["final_eval_returns"] == ref_summary["final_eval_returns"]
+    # the resumed steps took time: the restore's compile (before the clock) is not subtracted from it
+    assert summary["train_s"] > 0 and 0 < summary["steps_per_s"] < 1e6
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(trained_run, tmp_path):
