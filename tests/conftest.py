@@ -102,3 +102,18 @@ def trained_run(tmp_path_factory):
     proc = run_in_process("train.py", *args)
     assert proc.returncode == 0, proc.stderr
     return run_dir, proc
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """`import matplotlib` (and its submodules) fails, as on an install without it."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)

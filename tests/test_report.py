@@ -2,7 +2,6 @@
 figures and the report command."""
 from __future__ import annotations
 
-import builtins
 import json
 import shutil
 import struct
@@ -267,17 +266,6 @@ def test_run_plots_are_pngs_of_the_fixed_size(run_dirs, tmp_path):
     assert _png_size(single / "curves.png") == plots.pixel_size("curves")
     assert not [p for p in single.iterdir() if p.name.startswith(".")]  # no temp files left
 
-
-@pytest.fixture
-def no_matplotlib(monkeypatch):
-    real = builtins.__import__
-
-    def fake(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError(f"No module named {name!r}")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
 
 
 def test_run_plots_without_matplotlib(run_dirs, tmp_path, no_matplotlib):

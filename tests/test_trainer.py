@@ -177,17 +177,7 @@ def test_run_directory_keeps_every_evaluation_episode_and_its_plots(trained_run)
     assert f"plot: {run_dir / 'curves.png'}" in proc.stdout
 
 
-def test_a_run_without_matplotlib_still_ends_and_says_how_to_get_plots(tmp_path, monkeypatch):
-    import builtins
-
-    real = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError(f"No module named {name!r}")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_a_run_without_matplotlib_still_ends_and_says_how_to_get_plots(tmp_path, no_matplotlib):
     args = ["--algo", "td3", "--env", "Pendulum-v1", "--no-preset", "--run-dir", str(tmp_path / "run")]
     for o in TINY_TD3 + ["total_steps=1000", "tensorboard=false"]:
         args += ["--set", o]
