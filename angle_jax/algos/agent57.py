@@ -380,7 +380,6 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
     embed_tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, 1e-8))
     rnd_tx = kernels.optimizer(direction_optimizer(config.max_grad_norm, 1e-8))
     n_policies = config.num_policies
-    betas, gammas = family(config)
     length = config.sequence_length
     rescale_eps = config.value_rescale_eps
     obs_shape = tuple(spec.obs_shape)
@@ -433,6 +432,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         n = obs.shape[0]
         j = state.arm if state.arm.shape[0] == n else jnp.zeros((n,), jnp.int32)
         q, core = heads(state.params, obs, j, core, reset)
+        betas, _ = family(config)  # constants of the traced program
         q_j = policy_family.combined_q(q[:, EXTRINSIC], q[:, INTRINSIC], betas[j], rescale_eps)
         eps = epsilon_ladder(n, state.hparams.epsilon, state.hparams.epsilon_alpha)
         return epsilon_greedy(q_j, key, eps), core
@@ -492,6 +492,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         q_target, _ = unroll(net, state.target_params, inputs, batch.core, batch.reset)
         q_target = jax.lax.stop_gradient(q_target[tail])
         policy = batch.policy[tail]
+        betas, gammas = family(config)
         beta, gamma = betas[policy], gammas[policy[:config.unroll]]
         action = batch.action[tail][:config.unroll].astype(jnp.int32)
 
