@@ -96,13 +96,25 @@ def deep_sea(n=NUM_ENVS):
     return registry.make_env("DeepSea-bsuite", n, size=3)   # 3-step episodes
 
 
-def test_explore_acts_on_each_env_s_combined_q_and_act_on_the_exploit_arm():
+@pytest.fixture(scope="module")
+def loop():
+    """The loop run one iteration at a time: the carry before every iteration and at the end."""
     env = deep_sea()
     algo = agent57.make(CONFIG, env.spec)
-    state = jax.jit(algo.init)(jax.random.PRNGKey(3))
+    train = make_train(algo, env, LOOP, env)
+    run1 = jax.jit(lambda c: train.run(c, 1))
+    carries = [jax.jit(train.init)(jax.random.PRNGKey(0))]
+    for _ in range(ITERS):
+        carries.append(run1(carries[-1])[0])
+    return env, algo, jax.device_get(carries)
+
+
+def test_explore_acts_on_each_env_s_combined_q_and_act_on_the_exploit_arm(loop):
+    env, algo, carries = loop
+    state = carries[0].agent
     state = state.replace(arm=jnp.array([0, 1, 2, 2], jnp.int32),
                           hparams=state.hparams.replace(epsilon=jnp.float32(0.0)))
-    obs, _ = env.reset(jax.random.PRNGKey(4))
+    obs = jnp.asarray(carries[0].obs)
     obs = obs.at[1:].set(jax.random.uniform(jax.random.PRNGKey(5), obs[1:].shape))  # four different inputs
     core = algo.memory.initial(NUM_ENVS)
     reset = jnp.ones((NUM_ENVS,), bool)
@@ -118,19 +130,6 @@ def test_explore_acts_on_each_env_s_combined_q_and_act_on_the_exploit_arm():
     q0, _ = apply(state.params, (obs, jax.nn.one_hot(jnp.zeros(NUM_ENVS, jnp.int32), 3)), core, reset)
     greedy, _ = jax.jit(algo.act)(state, obs, core, reset)
     np.testing.assert_array_equal(np.asarray(greedy), np.argmax(np.asarray(q0)[:, 0], axis=-1))
-
-
-@pytest.fixture(scope="module")
-def loop():
-    """The loop run one iteration at a time: the carry before every iteration and at the end."""
-    env = deep_sea()
-    algo = agent57.make(CONFIG, env.spec)
-    train = make_train(algo, env, LOOP, env)
-    run1 = jax.jit(lambda c: train.run(c, 1))
-    carries = [jax.jit(train.init)(jax.random.PRNGKey(0))]
-    for _ in range(ITERS):
-        carries.append(run1(carries[-1])[0])
-    return env, algo, jax.device_get(carries)
 
 
 def row_of(i):
@@ -175,20 +174,22 @@ def test_bandits_go_round_the_arms_then_record_each_episode_s_extrinsic_return(l
     _, _, carries = loop
     final = carries[-1].agent.controller
     ends = np.zeros(NUM_ENVS, int)
-    returns = np.zeros(NUM_ENVS)
+    returns, intrinsic = np.zeros(NUM_ENVS), np.zeros(NUM_ENVS)
     for i in range(ITERS):
         before, after = carries[i].agent, carries[i + 1].agent
         stored = jax.tree.map(lambda d: d[row_of(i)], carries[i + 1].buffer.data)
         done = np.asarray(stored.terminated | stored.truncated)
         returns += np.asarray(stored.reward, np.float64)
+        intrinsic += np.asarray(stored.action.intrinsic, np.float64)
         for e in np.flatnonzero(done):
             slot = ends[e] % CONFIG.bandit_window
             assert after.controller.arms[e, slot] == before.arm[e]
             np.testing.assert_allclose(after.controller.returns[e, slot], returns[e], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(after.last_return[e], [returns[e], intrinsic[e]], rtol=1e-5, atol=1e-6)
             if ends[e] + 1 < CONFIG.num_policies:                       # arms never tried come first, in order
                 assert after.arm[e] == ends[e] + 1
             ends[e] += 1
-            returns[e] = 0.0
+            returns[e] = intrinsic[e] = 0.0
         np.testing.assert_array_equal(after.arm[~done], before.arm[~done])   # no switch inside an episode
     np.testing.assert_array_equal(final.count, ends)
     assert ends.min() >= CONFIG.num_policies + 1                             # past the round-robin
@@ -253,7 +254,8 @@ def test_ngu_keeps_env_i_on_policy_i_mod_n_across_episode_ends():
     np.testing.assert_array_equal(after.arm, [0, 1, 2, 0])
     np.testing.assert_array_equal(tagged.policy, [0, 1, 2, 0])
     np.testing.assert_array_equal(after.memory.count, [0, 1, 0, 0])
-    np.testing.assert_array_equal(after.episode_return, [0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(after.episode_return[:, 0], [0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(after.last_return[:, 0], [1.0, 0.0, 1.0, 1.0])
     assert registry.algo_spec("ngu").Config().meta_controller is False
 
 
@@ -361,5 +363,6 @@ def test_train_py_runs_agent57_on_a_tiny_budget(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     learned = [r for r in rows if "embed_loss" in r]
     assert learned and all(np.isfinite(r["loss"]) and r["intrinsic_reward"] > 0 for r in learned)
+    assert all(abs(sum(r[f"policy_share_{j}"] for j in range(3)) - 1.0) < 1e-5 for r in learned)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["algo"] == "agent57" and len(summary["final_eval_returns"][0]) == 2

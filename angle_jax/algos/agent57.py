@@ -247,7 +247,8 @@ class Agent57State:
     memory: novelty.EpisodicMemory  # [num_envs, M, D]
     controller: Controller
     arm: jax.Array               # [num_envs] int32: the policy each env follows in its current episode
-    episode_return: jax.Array    # [num_envs] float32: extrinsic return of the current episode so far
+    episode_return: jax.Array    # [num_envs, 2] float32: extrinsic and intrinsic return of the current episode so far
+    last_return: jax.Array       # [num_envs, 2] float32: the same for each env's last finished episode
     hparams: Agent57HParams
     step: jax.Array              # gradient updates done so far
 
@@ -414,7 +415,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
             rnd_opt_state=rnd_tx.init(rnd_params),
             obs_stats=RunningStats.create(tuple(spec_.obs_shape)), error_stats=RunningStats.create(),
             memory=novelty.init(num_envs, config.memory_size, config.embed_dim), controller=controller,
-            arm=arm, episode_return=jnp.zeros((num_envs,), jnp.float32),
+            arm=arm, episode_return=jnp.zeros((num_envs, 2), jnp.float32),
+            last_return=jnp.zeros((num_envs, 2), jnp.float32),
             hparams=hparams_from_config(Agent57HParams, config), step=jnp.zeros((), jnp.int32))
 
     def heads(params, obs, j, core, reset):
@@ -467,15 +469,16 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         r_intrinsic = novelty.intrinsic_reward(r_episodic, alpha, config.max_multiplier)
         done = jnp.logical_or(step.terminated, step.truncated)
         memory = novelty.reset(memory, done)
-        episode_return = state.episode_return + step.reward.astype(jnp.float32)
+        episode_return = state.episode_return + jnp.stack([step.reward.astype(jnp.float32), r_intrinsic], axis=1)
         controller, arm = state.controller, state.arm
-        if config.meta_controller:
+        if config.meta_controller:  # scored on the extrinsic return
             bandits = bandit.BanditState(controller.arms, controller.returns, controller.count, n_policies)
-            bandits = bandit.update(bandits, state.arm, episode_return, done)
+            bandits = bandit.update(bandits, state.arm, episode_return[:, 0], done)
             arm = jnp.where(done, bandit.select(bandits, key, config.bandit_beta, config.bandit_epsilon), state.arm)
             controller = Controller(bandits.arms, bandits.rewards, bandits.count)
         state = state.replace(obs_stats=obs_stats, error_stats=error_stats, memory=memory, controller=controller,
-                              arm=arm, episode_return=jnp.where(done, 0.0, episode_return))
+                              arm=arm, episode_return=jnp.where(done[:, None], 0.0, episode_return),
+                              last_return=jnp.where(done[:, None], episode_return, state.last_return))
         tagged = Agent57Step(step.obs, step.action, step.reward, step.terminated, step.truncated, step.reset,
                              step.core, policy=j, intrinsic=r_intrinsic)
         return state, tagged
@@ -541,7 +544,12 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
                    "q_mean": jnp.mean(q[:config.unroll, :, EXTRINSIC]),
                    "q_intrinsic_mean": jnp.mean(q[:config.unroll, :, INTRINSIC]),
                    "td_abs": jnp.sum(jnp.abs(td_e) * valid) / count, "embed_loss": embed_loss, "rnd_loss": rnd_loss,
-                   "intrinsic_reward": jnp.mean(batch.intrinsic), "policy_mean": jnp.mean(state.arm.astype(jnp.float32))}
+                   "intrinsic_reward": jnp.mean(batch.intrinsic),
+                   "last_episode_return": jnp.mean(state.last_return[:, 0]),
+                   "last_episode_intrinsic_return": jnp.mean(state.last_return[:, 1])}
+        # the share of envs running each policy (the bandits' choices over training)
+        share = jnp.mean(jax.nn.one_hot(state.arm, n_policies), axis=0)
+        metrics.update({f"policy_share_{j}": share[j] for j in range(n_policies)})
         if config.prioritized:
             metrics["priorities"] = sequence_priority(jnp.abs(td_e) + jnp.abs(td_i), valid, config.per_eta)
         new_state = state.replace(params=params, target_params=target_params, opt_state=opt_state,
