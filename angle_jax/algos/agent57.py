@@ -24,7 +24,10 @@ targets through the value rescaling `h`, prioritized sequences, per-env ε ladde
   keeps env i on policy `i mod N` instead.
 
 The step's policy index and intrinsic reward are stored with it in the sequence replay
-(`tagged_replay`) and reach the learner in `Agent57Batch.policy` / `.intrinsic`. Evaluation
+(`tagged_replay`) and reach the learner in `Agent57Batch.policy` / `.intrinsic`. The loss is the sum
+of the two heads' R2D2 losses; a sequence's priority is R2D2's `η max + (1 − η) mean` of
+`|δ_e| + |δ_i|`. The embedding and RND's predictor take one step each per update, on the sampled
+sequences (inverse dynamics on their pairs of consecutive steps of one episode). Evaluation
 (`act`) is greedy on `Q_e` of the exploit arm j = 0 (β = 0, γ_max).
 
 Conventions: an "episode end" is a step with `terminated` or `truncated` (what ends an episode
@@ -392,7 +395,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return policy_family.policy_one_hot(j, n_policies)
 
     def init(key: jax.Array, spec_: EnvSpec = spec) -> Agent57State:
-        k_q, k_embed, k_rnd, k_rnd_target, k_arm = jax.random.split(key, 5)
+        k_q, k_embed, k_rnd, k_rnd_target = jax.random.split(key, 4)
         num_envs = spec_.num_envs
         obs = jnp.zeros((1, *spec_.obs_shape), jnp.dtype(spec_.obs_dtype))
         params = net.init(k_q, (obs, one_hot(jnp.zeros((1,), jnp.int32))), initial(1), jnp.ones((1,), jnp.bool_))
