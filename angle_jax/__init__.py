@@ -21,7 +21,7 @@ def _export(module: str, *names: str) -> None:
 
 
 # modules
-for _name in ("td3", "sac", "ddpg", "dqn", "rainbow", "r2d2", "ppo", "a2c", "rnd"):
+for _name in ("td3", "sac", "ddpg", "dqn", "rainbow", "r2d2", "agent57", "ppo", "a2c", "rnd"):
     _MODULES[_name] = f"angle_jax.algos.{_name}"
 for _name in ("off_policy", "on_policy"):
     _MODULES[_name] = f"angle_jax.training.{_name}"

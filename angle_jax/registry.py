@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from angle_jax.algos import a2c, ddpg, dqn, nec, ppo, r2d2, rainbow, rnd, sac, td3
+from angle_jax.algos import a2c, agent57, ddpg, dqn, nec, ppo, r2d2, rainbow, rnd, sac, td3
 from angle_jax.core.types import AlgoSpec, ModuleSpec, UnknownNameError
 from angle_jax.envs import datafeed, envpool_adapter, gym_make, partial_obs
 from angle_jax.envs.base import Box, Env
@@ -28,6 +28,8 @@ ALGOS: dict[str, AlgoSpec] = {spec.name: spec for spec in (
     dqn.SPEC,
     rainbow.SPEC,
     r2d2.SPEC,
+    agent57.SPEC,
+    agent57.NGU_SPEC,
     nec.SPEC,
     ppo.SPEC,
     a2c.SPEC,

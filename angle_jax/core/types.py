@@ -187,8 +187,11 @@ class Algorithm(NamedTuple):
                                               successor, pre-reset), after the env step and
                                               before the replay add, in warm-up too; the
                                               returned state is the one that learns this step
-                                              (e.g. NEC writes its dictionary here). Not for
-                                              recurrent algorithms.
+                                              (e.g. NEC writes its dictionary here). A
+                                              recurrent algorithm's is
+                                              observe(state, step, next_obs, key) -> (state, step):
+                                              the `SequenceStep` and the true successor in,
+                                              the step its replay stores out.
 
     An on-policy algorithm's `update(state, rollout, key)` takes a whole `Rollout`
     (leaves [T, num_envs, ...]) and its `explore` may return unclipped Box samples: the

@@ -203,8 +203,9 @@ def unroll(net: RecurrentNetwork, params: Any, obs: jax.Array, core: Any, reset:
 
 def burn_in(net: RecurrentNetwork, params: Any, obs: jax.Array, core: Any, reset: jax.Array) -> Any:
     """The core state after running `net` over `obs [T, B, ...]` from `core`, with no gradient
-    (R2D2's burn-in: the stored state is refreshed by the current parameters)."""
-    if obs.shape[0] == 0:
+    (R2D2's burn-in: the stored state is refreshed by the current parameters). `obs` may be a
+    pytree of such arrays, as the encoder takes them (e.g. Agent57's `(obs, policy one-hot)`)."""
+    if jax.tree.leaves(obs)[0].shape[0] == 0:
         return core
     x = net.apply(params, obs, method=net.encode)
 

@@ -12,6 +12,9 @@ episode starts, and stored with every step (`SequenceStep`) for its sequence rep
 An algorithm that watches the stream of steps (`Algorithm.observe`, e.g. NEC writing its
 dictionary) sees each vectorised step's `Transition` after the env step, before the replay add;
 its key is drawn from the step's learning key, so algorithms without it run the same program.
+A recurrent algorithm's `observe(state, step, next_obs, key) -> (state, step)` sees the
+`SequenceStep` and the true successor and returns the step its replay stores (e.g. Agent57
+tagging it with its policy index and intrinsic reward).
 Everything is written for one seed; `angle_jax.core.seed_axes` says how to
 `vmap` a carry over seeds while the step counters stay shared. Key splits and
 replay indices are computed once as the algorithm's kernels say
@@ -101,8 +104,6 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
                              "(agent.core / r2d2) learn from sequences and do not support them yet")
         if algo.make_buffer is None:
             raise ValueError("a recurrent algorithm must supply its sequence replay (Algorithm.make_buffer)")
-        if algo.observe is not None:
-            raise ValueError("Algorithm.observe takes Transitions; a recurrent algorithm cannot have it")
     observe = algo.observe
 
     def init(key: jax.Array) -> OffPolicyCarry:
@@ -117,6 +118,9 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         else:
             core, reset = memory.initial(spec.num_envs), jnp.ones(spec.num_envs, jnp.bool_)
             example = SequenceStep(obs, action, reward, flag, flag, reset, core)
+            if observe is not None:  # the replay stores the steps as observe returns them
+                shapes = jax.eval_shape(observe, agent, example, obs, k_carry)[1]
+                example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         meta_state = None
         if meta is not None:
             k_carry, k_meta = jax.random.split(k_carry)
@@ -182,6 +186,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
                 agent = observe(agent, item, jax.random.fold_in(k_learn, 2))
         else:
             item = SequenceStep(carry.obs, action, ts.reward, ts.terminated, ts.truncated, carry.reset, used)
+            if observe is not None:
+                agent, item = observe(agent, item, ts.next_obs, jax.random.fold_in(k_learn, 2))
         buffer_state = buffer.add(carry.buffer, item)
         should_learn = jnp.logical_and(
             jnp.logical_not(warmup), carry.iteration % loop.train_frequency == 0)
