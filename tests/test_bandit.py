@@ -250,3 +250,24 @@ def test_bandit_follows_the_best_arm_after_it_switches(kind):
           f"at the end {share_after:.3f}")
     assert share_before >= 0.6
     assert share_after >= 0.6
+
+
+def test_bandit_state_vmaps_over_seeds_with_seed_axes():
+    """`seed_axes` leaves the static `num_arms` alone (it is part of the treedef), so a state of
+    several seeds vmaps like any other run state, each seed equal to its own single run."""
+    from angle_jax.core.axes import seed_axes
+
+    def run(key):
+        state = swucb.init(2, 3, 4)
+        for _ in range(5):
+            key, k_sel, k_r = jax.random.split(key, 3)
+            arms = swucb.select(state, k_sel, 1.0, 0.1)
+            state = swucb.update(state, arms, jax.random.normal(k_r, (2,)), jnp.array([True, False]))
+        return state
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    axes = seed_axes(swucb.init(2, 3, 4))
+    assert axes.num_arms == 3 and axes.arms == 0
+    batched = jax.vmap(run, out_axes=axes)(keys)
+    for i, key in enumerate(keys):
+        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], batched), run(key))

@@ -20,6 +20,8 @@ def seed_axes(tree: Any) -> Any:
         shared = set(getattr(tree, "shared_fields", ()))
         values = {}
         for f in dataclasses.fields(tree):
+            if not f.metadata.get("pytree_node", True):
+                continue  # static metadata (`struct.field(pytree_node=False)`): part of the treedef, kept as is
             value = getattr(tree, f.name)
             values[f.name] = None if f.name in shared else seed_axes(value)
         return tree.replace(**values)
