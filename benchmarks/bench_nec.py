@@ -15,6 +15,10 @@ one seed, training steps only (compile excluded), best of `--repeats` runs of `-
 
     python benchmarks/bench_nec.py speed --env CartPole-v1 --steps 20000
 
+`plot`: the curves of arms from several `curves` outputs (same env) in one PNG.
+
+    python benchmarks/bench_nec.py plot nec.json dqn.json --plot benchmarks/nec_minatar.png
+
 Extra overrides for one arm: `--set nec:agent.n_step=100` (repeatable).
 """
 from __future__ import annotations
@@ -155,7 +159,8 @@ def main():
     from bench_td3 import machine
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("curves", "speed"))
+    p.add_argument("what", choices=("curves", "speed", "plot"))
+    p.add_argument("inputs", nargs="*", help="plot: JSON outputs of `curves` to draw together")
     p.add_argument("--env", default="CartPole-v1", choices=sorted(PRESETS))
     p.add_argument("--arms", nargs="+", default=["nec", "dqn"], choices=("nec", "dqn"))
     p.add_argument("--seeds", type=int, default=5)
@@ -167,6 +172,13 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="ARM:KEY=VALUE")
     p.add_argument("--plot", help="curves: write the greedy-return curves to this PNG (needs matplotlib)")
     args = p.parse_args()
+    if args.what == "plot":
+        results = [json.loads(Path(f).read_text()) for f in args.inputs]
+        if not results or not args.plot or len({r["env"] for r in results}) != 1:
+            raise SystemExit("plot: give --plot PNG and one or more `curves` outputs of one env")
+        merged = {**results[0], "arms": {k: v for r in results for k, v in r["arms"].items()}}
+        plot(merged, args.plot)
+        return
     result = curves(args) if args.what == "curves" else speed(args)
     result["machine"] = machine()
     print(json.dumps(result), flush=True)
