@@ -4,11 +4,17 @@
     python benchmarks/bench_serve.py kill        # 10,000 decisions + feedbacks, kill -9 mid-way, restart
     python benchmarks/bench_serve.py learn       # CartPole-v1 online through HTTP, DQN, seeds 0-2
 
-Every server runs as its own process on 127.0.0.1; the load comes from an async HTTP client
-(httpx) in this process, on the same machine, so client and server share the CPU. The run
-directories use the presets' networks (configs/dqn_cartpole.yaml, configs/td3_pendulum.yaml) with
-untrained parameters: latency does not depend on what the weights are. Every decision is logged
-(SQLite WAL, synchronous=NORMAL) in every measurement.
+Every server runs as its own process on 127.0.0.1; the load comes from a client on the same
+machine, so client and server share the CPU. `--client httpx`: an async httpx client in this
+process (it spends 1-2 ms of CPU per request itself, so on two cores it, not the server, caps the
+rate); `--client wrk`: wrk, a load generator in C (`apt-get install wrk`), with a Lua script for
+the POST bodies, run for a fixed time; `both` (the default when wrk is installed). Every row also
+gives the server's CPU time per request (user + system time of the server process, read from
+/proc before and after the run, divided by the requests served), which stays comparable on a
+shared machine where wall-clock figures do not, and the 1-minute load average when the row ended.
+The run directories use the presets' networks (configs/dqn_cartpole.yaml, configs/td3_pendulum.yaml)
+with untrained parameters: latency does not depend on what the weights are. Every decision is
+logged (SQLite WAL, synchronous=NORMAL unless `--sync full`) in every measurement.
 """
 from __future__ import annotations
 
@@ -121,23 +127,91 @@ async def load(url: str, obs_dim: int, concurrency: int, requests: int, explore:
     return np.asarray(latencies), wall, failures[0]
 
 
-def bench_latency(tmp: Path, requests: dict[int, int]):
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {{}}
+for i = 1, 256 do
+  local o = {{}}
+  for d = 1, {dim} do o[d] = string.format("%.5f", math.sin(i * 7 + d) * 0.5) end
+  bodies[i] = '{{"obs": [' .. table.concat(o, ", ") .. '], "explore": true}}'
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/v1/act", nil, bodies[(n % 256) + 1])
+end
+"""
+
+
+def wrk_load(url: str, obs_dim: int, concurrency: int, seconds: float, tmp: Path) -> dict:
+    """wrk for `seconds` (one thread, `concurrency` connections); its latency percentiles and rate."""
+    script = tmp / f"act_{obs_dim}.lua"
+    script.write_text(WRK_SCRIPT.format(dim=obs_dim))
+    t0 = os.times()
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    t1 = os.times()
+    wrk_cpu = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
+
+    def ms(text):
+        v, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    pct = {k: ms(v) for k, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"requests": requests, "client_cpu_ms": 1e3 * wrk_cpu / max(requests, 1),
+            "per_s": float(re.search(r"Requests/sec:\s+(\S+)", out).group(1)),
+            "p50_ms": pct["50"], "p99_ms": pct["99"],
+            "failures": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)}
+
+
+def bench_latency(tmp: Path, requests: dict[int, int], clients: list[str], wrk_seconds: float = 10.0,
+                  server_args: tuple[str, ...] = ()):
     rows = []
     for algo, env, obs_dim in (("dqn", "CartPole-v1", 4), ("td3", "Pendulum-v1", 3)):
         run = make_run(tmp, algo, env)
-        server = Server(run)
+        shutil.rmtree(run / "serve", ignore_errors=True)
+        server = Server(run, *server_args)
         try:
-            for c, n in requests.items():
-                b0, r0 = server.metric("angle_serve_batches_total"), server.metric("angle_serve_batch_rows_total")
-                lat, wall, fails = asyncio.run(load(server.url, obs_dim, c, n))
-                b1, r1 = server.metric("angle_serve_batches_total"), server.metric("angle_serve_batch_rows_total")
-                mean_batch = (r1 - r0) / max(b1 - b0, 1)
-                row = {"algo": algo, "concurrency": c, "requests": len(lat), "p50_ms": 1e3 * np.quantile(lat, 0.5),
-                       "p99_ms": 1e3 * np.quantile(lat, 0.99), "per_s": len(lat) / wall, "mean_batch": mean_batch,
-                       "failures": fails}
-                rows.append(row)
-                print(f"{algo:4} c={c:<3} n={row['requests']:<5} p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
-                      f"  {row['per_s']:7.0f} decisions/s  mean batch {mean_batch:5.1f}  failures {fails}", flush=True)
+            for client in clients:
+                for c, n in requests.items():
+                    b0, r0 = server.metric("angle_serve_batches_total"), server.metric("angle_serve_batch_rows_total")
+                    q0 = server.metric("angle_serve_act_requests_total")
+                    s0, k0 = proc_cpu_seconds(server.p.pid), self_cpu_seconds()
+                    if client == "httpx":
+                        lat, wall, fails = asyncio.run(load(server.url, obs_dim, c, n))
+                        row = {"requests": len(lat), "p50_ms": 1e3 * np.quantile(lat, 0.5),
+                               "p99_ms": 1e3 * np.quantile(lat, 0.99), "per_s": len(lat) / wall, "failures": fails}
+                    else:
+                        row = wrk_load(server.url, obs_dim, c, wrk_seconds, tmp)
+                    s1, k1 = proc_cpu_seconds(server.p.pid), self_cpu_seconds()
+                    b1, r1 = server.metric("angle_serve_batches_total"), server.metric("angle_serve_batch_rows_total")
+                    served = server.metric("angle_serve_act_requests_total") - q0  # warm-up requests included
+                    if client == "httpx":
+                        row["client_cpu_ms"] = 1e3 * (k1 - k0) / max(served, 1)
+                    row.update(algo=algo, client=client, concurrency=c, mean_batch=(r1 - r0) / max(b1 - b0, 1),
+                               server_cpu_ms=1e3 * (s1 - s0) / max(served, 1),
+                               load=os.getloadavg()[0])
+                    rows.append(row)
+                    print(f"{algo:4} {client:5} c={c:<3} n={row['requests']:<6} p50 {row['p50_ms']:7.2f} ms  "
+                          f"p99 {row['p99_ms']:7.2f} ms  {row['per_s']:7.0f} decisions/s  mean batch "
+                          f"{row['mean_batch']:5.1f}  server CPU {row['server_cpu_ms']:.3f} ms/req  client CPU "
+                          f"{row['client_cpu_ms']:.3f} ms/req  failures {row['failures']}  load {row['load']:.1f}",
+                          flush=True)
         finally:
             server.kill(signal.SIGTERM)
     return rows
@@ -227,12 +301,17 @@ def main(argv=None) -> int:
     p.add_argument("--dir", help="working directory (default: a temporary one)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=150_000)
+    p.add_argument("--client", choices=["httpx", "wrk", "both"], default="both" if shutil.which("wrk") else "httpx",
+                   help="load generator for `latency` (default: both when wrk is installed)")
+    p.add_argument("--wrk-seconds", type=float, default=10.0, help="duration of each wrk run")
+    p.add_argument("--server-args", default="", help="extra server flags for `latency`, e.g. '--sync full'")
     args = p.parse_args(argv)
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_serve_"))
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"# {cpu_name()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     if args.what in ("latency", "all"):
-        bench_latency(tmp, {1: 1000, 16: 2000, 64: 4096})
+        clients = ["httpx", "wrk"] if args.client == "both" else [args.client]
+        bench_latency(tmp, {1: 1000, 16: 2000, 64: 4096}, clients, args.wrk_seconds, tuple(args.server_args.split()))
     if args.what in ("kill", "all"):
         bench_kill(tmp)
     if args.what in ("learn", "all"):
