@@ -122,6 +122,10 @@ def _obs_bytes(obs) -> bytes:
     return np.ascontiguousarray(obs, dtype="<f4").tobytes()
 
 
+def _action_text(action) -> str:
+    return str(action) if type(action) is int else json.dumps(action)
+
+
 class SQLiteLog(DecisionLog):
     """The decision log in one SQLite file, WAL mode.
 
@@ -144,23 +148,26 @@ class SQLiteLog(DecisionLog):
 
     # -- writes -------------------------------------------------------------------------------
     def append_decisions(self, rows: list[dict]) -> list[int]:
-        values = [(r["event_id"], r.get("episode_id"), _obs_bytes(r["obs"]), json.dumps(r["action"]),
+        if not rows:
+            return []
+        now = time.time()
+        values = [(r["event_id"], r.get("episode_id"), _obs_bytes(r["obs"]), _action_text(r["action"]),
                    r.get("log_prob"), int(bool(r.get("explore", False))), int(r["model_version"]),
-                   float(r.get("time", time.time()))) for r in rows]
+                   float(r.get("time", now))) for r in rows]
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                seqs = []
-                for v in values:
-                    cur.execute("INSERT INTO decisions (event_id, episode_id, obs, action, log_prob, explore, "
-                                "model_version, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", v)
-                    seqs.append(cur.lastrowid)
+                cur.executemany("INSERT INTO decisions (event_id, episode_id, obs, action, log_prob, explore, "
+                                "model_version, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                # one writer holds the database for the whole transaction, so AUTOINCREMENT gave the rows
+                # consecutive seqs ending at the last one inserted
+                (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return seqs
+        return list(range(last - len(values) + 1, last + 1))
 
     def add_feedback(self, items: list[dict], window: float, now: float | None = None) -> list[FeedbackRejected | None]:
         now = time.time() if now is None else now
