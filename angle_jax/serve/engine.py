@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +25,46 @@ import numpy as np
 from angle_jax.serve.log import DecisionLog, FeedbackRejected
 
 
-@dataclass
 class ActJob:
-    obs: np.ndarray            # [n, *obs_shape], the policy's dtype
-    explore: np.ndarray        # [n] bool
-    episode_ids: list
-    done: Any                  # callable(result or exception)
-    result: Any = None
+    """One act request: rows to decide, answered through `future` (on the event loop `loop`) with
+    (model_version, event_ids, actions, log_probs), one list entry per row, or an exception."""
+
+    __slots__ = ("obs", "explore", "episode_ids", "loop", "future")
+
+    def __init__(self, obs: np.ndarray, explore: bool, episode_ids: list, loop, future):
+        self.obs = obs                  # [n, *obs_shape], the policy's dtype
+        self.explore = bool(explore)    # for every row of the request
+        self.episode_ids = episode_ids
+        self.loop, self.future = loop, future
 
 
-@dataclass
 class FeedbackJob:
-    items: list[dict]
-    done: Any
+    """Feedback items, answered through `future` with one outcome per item (None: written) or an exception."""
+
+    __slots__ = ("items", "loop", "future")
+
+    def __init__(self, items: list[dict], loop, future):
+        self.items = items
+        self.loop, self.future = loop, future
+
+
+def _settle(answers: list) -> None:
+    """Resolve (future, value) pairs; runs on their event loop."""
+    for fut, value in answers:
+        if not fut.done():
+            fut.set_result(value)
+
+
+def answer(pairs: list) -> None:
+    """Hand (job, value) pairs back to their event loops: one wake-up per loop, not per job."""
+    by_loop: dict = {}
+    for job, value in pairs:
+        by_loop.setdefault(job.loop, []).append((job.future, value))
+    for loop, answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, answers)
+        except RuntimeError:  # the loop has closed (shutdown): nobody is waiting
+            pass
 
 
 @dataclass
@@ -158,47 +185,51 @@ class Engine:
             self.metrics.batches += 1
             self.metrics.batch_rows += n
             self.metrics.batch_hist[b] += 1
+        if len(actions) == 1:
+            return actions[0], log_probs[0]
         return np.concatenate(actions), np.concatenate(log_probs)
 
     def _act(self, jobs: list[ActJob]) -> None:
         version, agent = self.current
-        obs = np.concatenate([j.obs for j in jobs]) if len(jobs) > 1 else jobs[0].obs
-        explore = np.concatenate([j.explore for j in jobs]) if len(jobs) > 1 else jobs[0].explore
+        if len(jobs) == 1:
+            obs = jobs[0].obs
+            explore = np.full(len(obs), jobs[0].explore)
+        else:
+            obs = np.concatenate([j.obs for j in jobs])
+            explore = np.repeat(np.array([j.explore for j in jobs]), [len(j.obs) for j in jobs])
         try:
             actions, log_probs = self._decide(agent, obs, explore)
-        except Exception as e:  # a failure to decide answers every job with 500, the engine keeps going
-            for j in jobs:
-                j.done(e)
+        except Exception as e:  # a failure to decide answers every job with 503, the engine keeps going
+            answer([(j, e) for j in jobs])
             return
+        n = len(obs)
+        action_list = actions.tolist()  # ints (discrete) or lists of floats, as answered
+        if not self.policy.discrete:
+            action_list = [np.ravel(a).tolist() for a in actions] if actions.ndim != 2 else action_list
+        lp_list = [None if math.isnan(x) else x for x in log_probs.tolist()]
+        hexes = os.urandom(16 * n).hex()  # 32 random hex digits per event id (as uuid4().hex)
+        ids = [hexes[32 * i:32 * i + 32] for i in range(n)]
+        episodes = [e for j in jobs for e in j.episode_ids]
+        explored = explore.tolist()
         now = time.time()
-        rows, results, i = [], [], 0
-        discrete = self.policy.discrete
-        for j in jobs:
-            n = len(j.obs)
-            out = []
-            for r in range(n):
-                a = actions[i + r]
-                action = int(a) if discrete else [float(x) for x in np.ravel(a)]
-                lp = float(log_probs[i + r])
-                lp = None if math.isnan(lp) else lp
-                eid = uuid.uuid4().hex
-                rows.append({"event_id": eid, "episode_id": j.episode_ids[r], "obs": obs[i + r], "action": action,
-                             "log_prob": lp, "explore": bool(explore[i + r]), "model_version": version, "time": now})
-                out.append((eid, action, lp))
-            results.append(out)
-            i += n
+        rows = [{"event_id": ids[i], "episode_id": episodes[i], "obs": obs[i], "action": action_list[i],
+                 "log_prob": lp_list[i], "explore": explored[i], "model_version": version, "time": now}
+                for i in range(n)]
         try:
             seqs = self.log.append_decisions(rows)
         except Exception as e:  # not logged: not answered (the client sees 503 and may retry)
             self.metrics.log_errors += 1
-            for j in jobs:
-                j.done(e)
+            answer([(j, e) for j in jobs])
             return
-        self.step += len(rows)
+        self.step += n
         self.last_seq = seqs[-1]
-        self.metrics.decisions += len(rows)
-        for j, out in zip(jobs, results):
-            j.done((version, out))
+        self.metrics.decisions += n
+        pairs, i = [], 0
+        for j in jobs:
+            k = len(j.obs)
+            pairs.append((j, (version, ids[i:i + k], action_list[i:i + k], lp_list[i:i + k])))
+            i += k
+        answer(pairs)
 
     def _feedback(self, jobs: list[FeedbackJob]) -> None:
         items = [item for j in jobs for item in j.items]
@@ -206,10 +237,9 @@ class Engine:
             outcomes = self.log.add_feedback(items, self.feedback_window)
         except Exception as e:
             self.metrics.log_errors += 1
-            for j in jobs:
-                j.done(e)
+            answer([(j, e) for j in jobs])
             return
-        i = 0
+        pairs, i = [], 0
         for j in jobs:
             mine = outcomes[i:i + len(j.items)]
             i += len(j.items)
@@ -218,7 +248,8 @@ class Engine:
                     self.metrics.feedback_accepted += 1
                 else:
                     self.metrics.feedback_rejected[o.status] += 1
-            j.done(mine)
+            pairs.append((j, mine))
+        answer(pairs)
 
     # -- hot swap ----------------------------------------------------------------------------
     def load_published(self, path: Path) -> bool:

@@ -50,6 +50,16 @@ def parse_obs(value, obs_shape: tuple[int, ...], dtype, field: str, max_rows: in
     """(array of `dtype` shaped [n, *obs_shape], batched?) from a JSON value; BadRequest naming `field`."""
     import numpy as np
 
+    dtype = np.dtype(dtype)
+    shape = tuple(obs_shape)
+    if type(value) is list and len(shape) == 1 and len(value) == shape[0] and dtype.kind == "f":
+        # the common case, one flat row of finite floats, without numpy's per-call overhead
+        # (x - x is 0.0 for a finite float, NaN for NaN and ±inf)
+        for x in value:
+            if type(x) is not float or x - x != 0.0:
+                break
+        else:
+            return np.array([value], dtype), False
     if not isinstance(value, (list, int, float)) or isinstance(value, bool):
         raise BadRequest(422, f"{field} must be a list of numbers, got {_json_value_kind(value)}", field)
     try:
@@ -59,7 +69,6 @@ def parse_obs(value, obs_shape: tuple[int, ...], dtype, field: str, max_rows: in
                               f"something else", field) from None
     if not np.all(np.isfinite(arr)):
         raise BadRequest(422, f"{field} holds NaN or infinity", field)
-    shape = tuple(obs_shape)
     if arr.shape == shape:
         batched, arr = False, arr[None]
     elif allow_batch and arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
@@ -112,9 +121,7 @@ def _id(v, name: str) -> str:
 
 
 def parse_act(body, obs_shape, dtype, max_rows: int):
-    """(obs [n, ...], explore [n], episode_ids [n], batched) of an act request."""
-    import numpy as np
-
+    """(obs [n, ...], explore (one bool for every row), episode_ids [n], batched) of an act request."""
     if not isinstance(body, dict):
         raise BadRequest(422, f"the body must be a JSON object, got {_json_value_kind(body)}", "body")
     _unknown_fields(body, ACT_FIELDS)
@@ -133,7 +140,7 @@ def parse_act(body, obs_shape, dtype, max_rows: int):
         if batched and n > 1:
             raise BadRequest(422, "a batch of obs takes a list of episode_ids (one per row), not one", "episode_id")
         episodes = [e] * n
-    return obs, np.full(n, explore), episodes, batched
+    return obs, explore, episodes, batched
 
 
 def parse_feedback(body, obs_shape, dtype) -> dict:
@@ -155,112 +162,175 @@ def parse_feedback(body, obs_shape, dtype) -> dict:
 
 # ---- the app -------------------------------------------------------------------------------
 
+try:  # orjson (optional) parses and writes JSON several times faster than the standard library
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the standard library is the fallback
+    _orjson = None
+
+
+def loads(raw: bytes):
+    """JSON from bytes; ValueError when it is not. NaN/Infinity literals parse (then fail validation
+    with 422 naming the field, as the standard library's parser lets them through)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass  # NaN/Infinity, or invalid: the standard library decides which
+    return json.loads(raw)
+
+
+def dumps(value) -> bytes:
+    if _orjson is not None:
+        return _orjson.dumps(value)
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _send_json(send, status: int, body: bytes, extra_headers=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra_headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def make_app(engine, *, token: str | None, max_body: int, max_rows: int, info: dict):
-    """The FastAPI app around a started `Engine`."""
+    """The ASGI app around a started `Engine`.
+
+    POST /v1/act and /v1/feedback, the hot path, are plain ASGI handlers: the body is read, parsed and
+    validated, the job goes to the engine, and the answer is written, with no framework layer in
+    between. Everything else (/v1/health, /v1/metrics, 404, 405) is a FastAPI app behind them."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     from angle_jax.serve.engine import ActJob, FeedbackJob, prometheus_text
 
-    app = FastAPI(title="angle_jax policy server", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(title="angle_jax policy server", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     policy = engine.policy
+    metrics = engine.metrics
     obs_shape, dtype = tuple(policy.spec.obs_shape), policy.obs_dtype()
     expected = None if token is None else f"Bearer {token}".encode()
+    unauthorized = BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authorization")
+    www_authenticate = [(b"www-authenticate", b"Bearer")]
 
     def error(e: BadRequest, headers=None):
-        engine.metrics.http_errors[e.status] += 1
+        metrics.http_errors[e.status] += 1
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
+    async def send_error(send, e: BadRequest, extra_headers=()):
+        metrics.http_errors[e.status] += 1
+        await _send_json(send, e.status, dumps(e.body()), extra_headers)
+
     if expected is not None:  # (no middleware at all without a token: it costs time on every request)
-        @app.middleware("http")
+        @api.middleware("http")
         async def guard(request: Request, call_next):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return error(BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                                        "authorization"), headers={"WWW-Authenticate": "Bearer"})
+                return error(unauthorized, headers={"WWW-Authenticate": "Bearer"})
             return await call_next(request)
 
-    async def read_json(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            raise BadRequest(413, f"the body is larger than the limit of {max_body} bytes", "body")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise BadRequest(413, f"the body is larger than the limit of {max_body} bytes", "body")
-            chunks.append(chunk)
+    too_large = BadRequest(413, f"the body is larger than the limit of {max_body} bytes", "body")
+
+    async def read_json(scope, receive):
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > max_body:
+                    raise too_large
+                break
+        message = await receive()
+        raw = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks, size = [raw], len(raw)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ConnectionResetError
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_body:
+                    raise too_large
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+        if len(raw) > max_body:
+            raise too_large
         try:
-            return json.loads(b"".join(chunks))
+            return loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest(400, "the body is not valid JSON", "body") from None
 
-    def submit(job_cls, *args):
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def done(value):
-            loop.call_soon_threadsafe(_settle, fut, value)
-
-        engine.submit(job_cls(*args, done=done))
-        return fut
-
-    @app.post("/v1/act")
-    async def act(request: Request):
+    async def act(scope, receive, send):
         t0 = time.perf_counter()
         try:
-            body = await read_json(request)
+            body = await read_json(scope, receive)
             obs, explore, episodes, batched = parse_act(body, obs_shape, dtype, max_rows)
         except BadRequest as e:
-            return error(e)
-        result = await submit(ActJob, obs, explore, episodes)
+            return await send_error(send, e)
+        loop = asyncio.get_running_loop()
+        job = ActJob(obs, explore, episodes, loop, loop.create_future())
+        engine.submit(job)
+        result = await job.future
         if isinstance(result, Exception):
-            return error(BadRequest(503, f"the decision could not be made or logged: {result}"))
-        version, rows = result
-        engine.metrics.act_requests += 1
-        engine.metrics.act_latency.append(time.perf_counter() - t0)
+            return await send_error(send, BadRequest(503, f"the decision could not be made or logged: {result}"))
+        version, ids, actions, log_probs = result
+        metrics.act_requests += 1
+        metrics.act_latency.append(time.perf_counter() - t0)
         if batched:
-            return JSONResponse({"event_id": [r[0] for r in rows], "action": [r[1] for r in rows],
-                                 "log_prob": [r[2] for r in rows], "model_version": version})
-        eid, action, lp = rows[0]
-        return JSONResponse({"event_id": eid, "action": action, "log_prob": lp, "model_version": version})
+            out = {"event_id": ids, "action": actions, "log_prob": log_probs, "model_version": version}
+        else:
+            out = {"event_id": ids[0], "action": actions[0], "log_prob": log_probs[0], "model_version": version}
+        await _send_json(send, 200, dumps(out))
 
-    @app.post("/v1/feedback")
-    async def feedback(request: Request):
+    async def feedback(scope, receive, send):
         try:
-            item = parse_feedback(await read_json(request), obs_shape, dtype)
+            item = parse_feedback(await read_json(scope, receive), obs_shape, dtype)
         except BadRequest as e:
-            return error(e)
-        result = await submit(FeedbackJob, [item])
+            return await send_error(send, e)
+        loop = asyncio.get_running_loop()
+        job = FeedbackJob([item], loop, loop.create_future())
+        engine.submit(job)
+        result = await job.future
         if isinstance(result, Exception):
-            return error(BadRequest(503, f"the feedback could not be logged: {result}"))
+            return await send_error(send, BadRequest(503, f"the feedback could not be logged: {result}"))
         rejected = result[0]
         if rejected is not None:
-            return error(BadRequest(rejected.status, rejected.message, "event_id"))
-        return JSONResponse({"ok": True, "event_id": item["event_id"]})
+            return await send_error(send, BadRequest(rejected.status, rejected.message, "event_id"))
+        await _send_json(send, 200, dumps({"ok": True, "event_id": item["event_id"]}))
 
-    @app.get("/v1/health")
+    hot = {"/v1/act": act, "/v1/feedback": feedback}
+
+    async def app(scope, receive, send):
+        handler = hot.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            return await api(scope, receive, send)
+        if expected is not None:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, expected):
+                return await send_error(send, unauthorized, www_authenticate)
+        if scope["method"] != "POST":
+            return await send_error(send, BadRequest(405, f"{scope['path']} does not take {scope['method']}",
+                                                     "method"))
+        try:
+            await handler(scope, receive, send)
+        except ConnectionResetError:  # the client went away before its body arrived: nothing to answer
+            return
+
+    @api.get("/v1/health")
     async def health():
         return JSONResponse({"status": "ok", "model_version": engine.model_version, **info})
 
-    @app.get("/v1/metrics")
-    async def metrics():
+    @api.get("/v1/metrics")
+    async def metrics_endpoint():
         return PlainTextResponse(prometheus_text(engine), media_type="text/plain; version=0.0.4")
 
-    @app.exception_handler(404)
+    @api.exception_handler(404)
     async def not_found(request, exc):
         return error(BadRequest(404, f"no endpoint {request.method} {request.url.path} (see /v1/health)", "path"))
 
-    @app.exception_handler(405)
+    @api.exception_handler(405)
     async def wrong_method(request, exc):
         return error(BadRequest(405, f"{request.url.path} does not take {request.method}", "method"))
 
     return app
-
-
-def _settle(fut, value):
-    if not fut.done():
-        fut.set_result(value)
 
 
 # ---- the command line -----------------------------------------------------------------------
@@ -371,6 +441,7 @@ def main(argv=None) -> int:
             "buckets": list(sizes), "log": str(log_path)}
     app = make_app(engine, token=token, max_body=args.max_body_bytes, max_rows=args.max_rows, info=info)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                            proxy_headers=False, server_header=False, date_header=False, lifespan="off",
                             http="httptools" if _has("httptools") else "h11",
                             loop="uvloop" if _has("uvloop") else "asyncio", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
