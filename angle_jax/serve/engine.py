@@ -1,12 +1,20 @@
-"""The serving engine: one thread that micro-batches act requests into one compiled `decide`,
-commits the decisions to the log before answering, and commits feedback before acknowledging it;
-a second thread that swaps in the policies the online learner publishes.
+"""The serving engine: micro-batches act requests into one compiled `decide`, commits the
+decisions to the log before answering, and commits feedback before acknowledging it; a thread
+swaps in the policies the online learner publishes.
 
-Requests arrive from the HTTP layer's event loop as jobs on a queue; the engine takes the first
-job, drains whatever else is queued (waiting at most `max_wait` seconds for more while the batch
-has room), pads the rows to the smallest compiled bucket, decides, writes, and resolves each job's
-future. The agent state is read once per batch, so a swap never mixes two versions in one batch
-and versions never go backwards.
+Two ways to run it:
+- inline (the server's default): the HTTP layer's event loop does the work. Every request parsed
+  in one turn of the loop joins the pending jobs, and one callback of the loop, scheduled by the
+  first of them, decides and logs them all as one batch and answers them. No thread hand-offs per
+  request; while a batch is being decided and written the loop reads nothing, so whatever arrives
+  meanwhile queues in the sockets and forms the next batch.
+- threaded: jobs go on a queue to an engine thread, which takes the first job, drains whatever
+  else is queued (waiting at most `max_wait` seconds for more while the batch has room), and hands
+  the answers back to the loop with one wake-up per batch. The loop keeps reading requests while a
+  batch is decided and written: better when a commit is slow (synchronous=FULL waits for fsync).
+
+Either way the rows are padded to the smallest compiled bucket, and the agent state is read once
+per batch, so a swap never mixes two versions in one batch and versions never go backwards.
 """
 from __future__ import annotations
 
@@ -86,7 +94,7 @@ class Metrics:
 
 class Engine:
     def __init__(self, policy, compiled: dict[int, Any], log: DecisionLog, *, max_batch: int, max_wait: float,
-                 feedback_window: float, seed: int = 0, model_version: int = 0):
+                 feedback_window: float, seed: int = 0, model_version: int = 0, inline: bool = False):
         import jax
 
         self.policy = policy
@@ -103,15 +111,19 @@ class Engine:
         self.last_seq = log.last_seq()
         self.step = self.last_seq  # env steps served so far (the ε schedule's clock), across restarts
         self._batch_counter = 0
+        self.inline = inline
+        self._pending: list = []          # inline: jobs submitted since the last flush
+        self._flush_scheduled = False
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, watch: Path | None = None, poll_interval: float = 0.2) -> None:
-        t = threading.Thread(target=self._run, name="angle-serve-engine", daemon=True)
-        t.start()
-        self._threads.append(t)
+        if not self.inline:
+            t = threading.Thread(target=self._run, name="angle-serve-engine", daemon=True)
+            t.start()
+            self._threads.append(t)
         if watch is not None:
             w = threading.Thread(target=self._watch, args=(Path(watch), poll_interval), name="angle-serve-watch",
                                  daemon=True)
@@ -125,7 +137,37 @@ class Engine:
             t.join(timeout=5)
 
     def submit(self, job) -> None:
-        self._queue.put(job)
+        """Queue a job; it is answered through its future. Inline, this must be called on the job's
+        event loop: the batch is flushed by a callback of that loop."""
+        if not self.inline:
+            self._queue.put(job)
+            return
+        self._pending.append(job)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            job.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Inline: decide and log every job submitted since the last flush, in batches of at most
+        `max_batch` rows, and answer them (on the event loop, which waits meanwhile)."""
+        self._flush_scheduled = False
+        jobs, self._pending = self._pending, []
+        try:
+            acts, rows = [], 0
+            for j in jobs:
+                if isinstance(j, ActJob):
+                    acts.append(j)
+                    rows += len(j.obs)
+                    if rows >= self.max_batch:
+                        self._act(acts)
+                        acts, rows = [], 0
+            if acts:
+                self._act(acts)
+            feedbacks = [j for j in jobs if isinstance(j, FeedbackJob)]
+            if feedbacks:
+                self._feedback(feedbacks)
+        except Exception as e:  # a bug, not bad input: answer whoever still waits rather than hang
+            self._answer([(j, e) for j in jobs if not j.future.done()])
 
     @property
     def model_version(self) -> int:
@@ -200,7 +242,7 @@ class Engine:
         try:
             actions, log_probs = self._decide(agent, obs, explore)
         except Exception as e:  # a failure to decide answers every job with 503, the engine keeps going
-            answer([(j, e) for j in jobs])
+            self._answer([(j, e) for j in jobs])
             return
         n = len(obs)
         action_list = actions.tolist()  # ints (discrete) or lists of floats, as answered
@@ -219,7 +261,7 @@ class Engine:
             seqs = self.log.append_decisions(rows)
         except Exception as e:  # not logged: not answered (the client sees 503 and may retry)
             self.metrics.log_errors += 1
-            answer([(j, e) for j in jobs])
+            self._answer([(j, e) for j in jobs])
             return
         self.step += n
         self.last_seq = seqs[-1]
@@ -229,7 +271,7 @@ class Engine:
             k = len(j.obs)
             pairs.append((j, (version, ids[i:i + k], action_list[i:i + k], lp_list[i:i + k])))
             i += k
-        answer(pairs)
+        self._answer(pairs)
 
     def _feedback(self, jobs: list[FeedbackJob]) -> None:
         items = [item for j in jobs for item in j.items]
@@ -237,7 +279,7 @@ class Engine:
             outcomes = self.log.add_feedback(items, self.feedback_window)
         except Exception as e:
             self.metrics.log_errors += 1
-            answer([(j, e) for j in jobs])
+            self._answer([(j, e) for j in jobs])
             return
         pairs, i = [], 0
         for j in jobs:
@@ -249,7 +291,15 @@ class Engine:
                 else:
                     self.metrics.feedback_rejected[o.status] += 1
             pairs.append((j, mine))
-        answer(pairs)
+        self._answer(pairs)
+
+    def _answer(self, pairs: list) -> None:
+        if self.inline:  # on the event loop already
+            for job, value in pairs:
+                if not job.future.done():
+                    job.future.set_result(value)
+        else:
+            answer(pairs)
 
     # -- hot swap ----------------------------------------------------------------------------
     def load_published(self, path: Path) -> bool:

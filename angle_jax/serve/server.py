@@ -351,8 +351,12 @@ def parse_args(argv=None):
     p.add_argument("--token", help=f"bearer token every request must carry (default: ${TOKEN_ENV} if set)")
     p.add_argument("--log", help="the decision log's SQLite file (default RUN_DIR/serve/decisions.db)")
     p.add_argument("--max-batch", type=int, default=64, help="largest compiled batch (buckets: powers of two up to it)")
+    p.add_argument("--engine", choices=["inline", "thread"], default="inline",
+                   help="inline (default): the event loop decides and logs each batch of the requests it has read; "
+                        "thread: an engine thread does, so the loop keeps reading meanwhile (for --sync full)")
     p.add_argument("--max-wait-ms", type=float, default=0.2,
-                   help="how long a batch waits for more requests once the queue is empty (default 0.2 ms)")
+                   help="--engine thread: how long a batch waits for more requests once the queue is empty "
+                        "(default 0.2 ms)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request size limit (default 1 MiB)")
     p.add_argument("--max-rows", type=int, default=1024, help="observations one act request may carry")
     p.add_argument("--feedback-window", type=float, default=300.0,
@@ -428,7 +432,7 @@ def main(argv=None) -> int:
     log.set_meta("feedback_window", repr(args.feedback_window))
     log.set_meta("obs_shape", json.dumps(list(policy.spec.obs_shape)))
     engine = Engine(policy, compiled, log, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
-                    feedback_window=args.feedback_window, seed=args.seed)
+                    feedback_window=args.feedback_window, seed=args.seed, inline=args.engine == "inline")
     published = sdir / PUBLISHED
     if published.is_file():
         engine.load_published(published)
