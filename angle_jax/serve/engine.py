@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from angle_jax.serve.log import DecisionLog, FeedbackRejected
+from angle_jax.serve.policy import serve_key
 
 
 class ActJob:
@@ -107,7 +108,7 @@ class Engine:
         self.current = (model_version, jax.device_put(policy.agent))  # swapped as one reference
         self.published_offset = None
         self.metrics = Metrics()
-        self.key = jax.random.PRNGKey(seed)
+        self.key = serve_key(seed)
         self.last_seq = log.last_seq()
         self.step = self.last_seq  # env steps served so far (the ε schedule's clock), across restarts
         self._batch_counter = 0

@@ -184,14 +184,23 @@ def make_decide(algo_name: str, algo, spec) -> Callable:
     return jax.jit(decide)
 
 
-def compile_buckets(policy: Policy, sizes: tuple[int, ...]) -> dict[int, Callable]:
-    """`decide` compiled once per padded batch size (ahead of time: no compile while serving)."""
+def serve_key(seed: int):
+    """The exploration key `decide` takes: a typed key of XLA's RngBitGenerator ("rbg"), which on
+    CPU costs a fraction of the default threefry (ε-greedy's uniform + randint for one row: about
+    110 µs instead of 270 µs per call of the DQN preset's `decide`)."""
     import jax
+
+    return jax.random.key(seed, impl="rbg")
+
+
+def compile_buckets(policy: Policy, sizes: tuple[int, ...]) -> dict[int, Callable]:
+    """`decide` compiled once per padded batch size (ahead of time: no compile while serving),
+    for keys made by `serve_key`."""
     import jax.numpy as jnp
     import numpy as np
 
     compiled = {}
-    key = jax.random.PRNGKey(0)
+    key = serve_key(0)
     for b in sizes:
         obs = jnp.zeros((b, *policy.spec.obs_shape), policy.obs_dtype())
         explore = jnp.zeros((b,), jnp.bool_)
