@@ -2,6 +2,10 @@
 expire, transitions come out in order and a restart from an offset neither skips nor repeats."""
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import time
+
 import numpy as np
 import pytest
 
@@ -52,3 +56,25 @@ def test_joiner_orders_waits_defaults_and_resumes_from_its_offset(tmp_path):
 def test_log_rejects_a_bad_synchronous_mode(tmp_path):
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteLog(tmp_path / "d.db", (4,), synchronous="OFF")
+
+
+def test_a_checkpoint_thread_copies_the_wal_into_the_database(tmp_path):
+    log = SQLiteLog(tmp_path / "d.db", (4,), checkpoint_every=0.05)
+    try:
+        assert log.append_decisions([_decision(f"e{i}", "ep") for i in range(5)]) == [1, 2, 3, 4, 5]
+        deadline = time.monotonic() + 10
+        while True:  # the database file alone (no -wal beside it) holds the rows once checkpointed
+            shutil.copy(tmp_path / "d.db", tmp_path / "copy.db")
+            db = sqlite3.connect(tmp_path / "copy.db")
+            try:
+                n = db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the schema checkpointed yet
+                n = 0
+            db.close()
+            if n == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert n == 5
+        assert log._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    finally:
+        log.close()

@@ -134,7 +134,8 @@ class SQLiteLog(DecisionLog):
     One connection per object, guarded by a lock; several processes (server, learner) may open
     the same file (SQLite serialises writers; readers never block)."""
 
-    def __init__(self, path: str | Path, obs_shape: tuple[int, ...] | None = None, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, obs_shape: tuple[int, ...] | None = None, synchronous: str = "NORMAL",
+                 checkpoint_every: float | None = None):
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         self.path = Path(path)
@@ -145,6 +146,28 @@ class SQLiteLog(DecisionLog):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        self._stop = threading.Event()
+        self._checkpointer = None
+        if checkpoint_every is not None:
+            # Copying the WAL back into the database (a checkpoint) fsyncs both files: by default the
+            # commit that fills the WAL to 1,000 pages does it, and waits. Here a thread with its own
+            # connection does it every `checkpoint_every` seconds instead (PASSIVE: it never blocks a
+            # writer), so no commit waits for a checkpoint's fsyncs. Commits are as durable as before.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(checkpoint_every,),
+                                                  name="angle-log-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoint_loop(self, every: float) -> None:
+        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        try:
+            while not self._stop.wait(every):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    pass  # busy or closing: the next round tries again
+        finally:
+            db.close()
 
     # -- writes -------------------------------------------------------------------------------
     def append_decisions(self, rows: list[dict]) -> list[int]:
@@ -259,5 +282,8 @@ class SQLiteLog(DecisionLog):
         return default if row is None else row[0]
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
         with self._lock:
             self._db.close()

@@ -428,7 +428,7 @@ def main(argv=None) -> int:
     compile_s = time.perf_counter() - t0
     sdir = serve_dir(policy.run_dir)
     log_path = Path(args.log) if args.log else sdir / "decisions.db"
-    log = SQLiteLog(log_path, policy.spec.obs_shape, synchronous=args.sync)
+    log = SQLiteLog(log_path, policy.spec.obs_shape, synchronous=args.sync, checkpoint_every=1.0)
     log.set_meta("feedback_window", repr(args.feedback_window))
     log.set_meta("obs_shape", json.dumps(list(policy.spec.obs_shape)))
     engine = Engine(policy, compiled, log, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
