@@ -209,6 +209,32 @@ def test_cli_bad_input_is_one_line_and_exit_2_before_jax(tmp_path):
         assert time.monotonic() - t0 < 20
 
 
+def test_the_threaded_engine_with_full_sync_answers_as_the_inline_one_does(dqn_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(dqn_run, run)
+    proc, url = start_server(run, tmp_path, "--engine", "thread", "--sync", "full")
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            rows = np.random.default_rng(1).normal(size=(3, 4)).round(4).tolist()
+            batch = client.post("/v1/act", json={"obs": rows}).json()
+            single = [client.post("/v1/act", json={"obs": r}).json() for r in rows]
+            assert batch["action"] == [s["action"] for s in single]
+            bad = client.post("/v1/act", content=b'{"obs": [0.1, NaN, 0.0, 0.0]}',
+                              headers={"Content-Type": "application/json"})
+            assert bad.status_code == 422 and bad.json()["field"] == "obs"
+            ack = client.post("/v1/feedback", json={"event_id": single[0]["event_id"], "reward": 1.0,
+                                                    "terminated": True})
+            assert ack.status_code == 200
+            assert client.post("/v1/feedback", json={"event_id": single[0]["event_id"], "reward": 1.0,
+                                                     "terminated": True}).status_code == 409
+        db = sqlite3.connect(run / "serve" / "decisions.db")
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT COUNT(*) FROM decisions").fetchone() == (6,)
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (1,)
+    finally:
+        proc.kill()
+
+
 # ---- hot swap, crash and restart (a second server on a copy of the run) ------------------------
 
 @pytest.fixture(scope="module")
