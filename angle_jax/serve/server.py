@@ -354,9 +354,9 @@ def parse_args(argv=None):
     p.add_argument("--engine", choices=["inline", "thread"], default="inline",
                    help="inline (default): the event loop decides and logs each batch of the requests it has read; "
                         "thread: an engine thread does, so the loop keeps reading meanwhile (for --sync full)")
-    p.add_argument("--max-wait-ms", type=float, default=0.2,
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="--engine thread: how long a batch waits for more requests once the queue is empty "
-                        "(default 0.2 ms)")
+                        "(default 0: a batch is what queued while the previous one was decided and written)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request size limit (default 1 MiB)")
     p.add_argument("--max-rows", type=int, default=1024, help="observations one act request may carry")
     p.add_argument("--feedback-window", type=float, default=300.0,
