@@ -6,7 +6,6 @@ learner is killed with -9 mid-way and resumes from its checkpointed offset. Ever
 when its test ends; buckets stop at 8 rows so start-up compiles little."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

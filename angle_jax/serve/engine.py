@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from angle_jax.serve.log import DecisionLog, FeedbackRejected
+from angle_jax.serve.log import DecisionLog
 from angle_jax.serve.policy import serve_key
 
 

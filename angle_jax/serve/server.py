@@ -1,6 +1,7 @@
 """The policy server: `python -m angle_jax.serve --checkpoint RUN_DIR [--host 127.0.0.1] [--port 8000]`.
 
-FastAPI + uvicorn. Endpoints (JSON, versioned under /v1):
+uvicorn; POST /v1/act and /v1/feedback are plain ASGI handlers in front of a FastAPI app that serves
+the rest. Endpoints (JSON, versioned under /v1):
   POST /v1/act       {obs, episode_id?, explore?} -> {event_id, action, log_prob, model_version}
                      (obs of shape [batch, *obs_shape]: every answer field is a list, one per row)
   POST /v1/feedback  {event_id, reward, terminated, truncated?, next_obs?} -> {ok, event_id}
@@ -9,7 +10,6 @@ FastAPI + uvicorn. Endpoints (JSON, versioned under /v1):
 Bad input gets a 4xx JSON body `{"error": ..., "field": ...}`; the server keeps serving.
 """
 
-import argparse
 import asyncio
 import hmac
 import json
