@@ -194,7 +194,7 @@ def test_same_parameters_give_the_same_evaluation_across_runs_and_seeds():
     eval_seed gives other episodes."""
     base = TINY_TD3 + ["total_steps=1000", "log_interval=500", "eval_episodes=3"]
     a = Trainer(load_config(overrides=base + ["seed=0"], algo="td3", env="Pendulum-v1"))
-    list(a())
+    a.carry = a.init_carry()
     b = Trainer(load_config(overrides=base + ["seed=7"], algo="td3", env="Pendulum-v1"))
     b.carry = b.init_carry()
     np.testing.assert_array_equal(a.evaluate(), a.evaluate())
@@ -207,7 +207,7 @@ def test_same_parameters_give_the_same_evaluation_across_runs_and_seeds():
 def test_sampled_evaluation_uses_the_exploration_policy():
     base = TINY_TD3 + ["total_steps=1000", "log_interval=500", "eval_episodes=3"]
     greedy = Trainer(load_config(overrides=base, algo="td3", env="Pendulum-v1"))
-    list(greedy())
+    greedy.carry = greedy.init_carry()
     sampled = Trainer(load_config(overrides=base + ["eval_mode=sample"], algo="td3", env="Pendulum-v1"))
     once, twice = sampled.evaluate(greedy.carry), sampled.evaluate(greedy.carry)
     np.testing.assert_array_equal(once, twice)  # its action noise comes from the evaluation key
