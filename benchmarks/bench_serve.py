@@ -305,9 +305,11 @@ def bench_kill(tmp: Path, total: int = 10_000, concurrency: int = 16):
         await box[0].aclose()
 
     t0 = time.perf_counter()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:  # an error or an interrupt still stops the server it started
+        state["server"].kill(signal.SIGTERM)
     wall = time.perf_counter() - t0
-    state["server"].kill(signal.SIGTERM)
     db = sqlite3.connect(run / "serve" / "decisions.db")
     decided: dict[str, int] = {}
     for (eid,) in db.execute("SELECT event_id FROM decisions"):
