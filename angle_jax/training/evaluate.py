@@ -27,9 +27,10 @@ def make_evaluate(algo: Algorithm, eval_env: Env, sample: bool = False) -> Calla
     horizon = eval_env.spec.max_episode_steps
     memory = algo.memory
 
-    def policy(agent, obs, core, reset, key):
+    def policy(agent, obs, core, reset, k_step):
         if not sample:
             return (algo.act(agent, obs), core) if memory is None else algo.act(agent, obs, core, reset)
+        key = jax.random.fold_in(k_step, 1)  # the env step keeps `k_step` itself, as in greedy evaluation
         if memory is None:
             return algo.explore(agent, obs, key, _SCHEDULE_END), core
         return algo.explore(agent, obs, core, reset, key, _SCHEDULE_END)
@@ -41,7 +42,7 @@ def make_evaluate(algo: Algorithm, eval_env: Env, sample: bool = False) -> Calla
 
         def body(c, k):
             env_state, obs, total, alive, core, reset = c
-            action, core = policy(agent, obs, core, reset, jax.random.fold_in(k, 1))
+            action, core = policy(agent, obs, core, reset, k)
             env_state, ts = eval_env.step(env_state, action, k)
             reset = ts.done
             reward = ts.info.get("raw_reward", ts.reward)

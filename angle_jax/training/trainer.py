@@ -69,6 +69,7 @@ class Trainer:
         self.iteration = 0
         self.start_step = 0
         self.best_eval = -math.inf
+        self._last_eval = None  # (step, returns) of the newest evaluation of the run's own carry
         self.checkpoints = None
         if self.run_dir is not None:
             self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", config.keep_checkpoints, self.programs,
@@ -126,7 +127,10 @@ class Trainer:
     def evaluate(self, carry=None) -> np.ndarray:
         """Evaluation returns, shape [runs, eval_episodes] (runs = configs x seeds): the episodes
         of `config.eval_seed`, greedy or sampled as `config.eval_mode` says."""
-        carry = self.carry if carry is None else carry
+        if carry is None:
+            if self._last_eval is not None and self._last_eval[0] == self.step:
+                return self._last_eval[1]  # this carry was evaluated at the end of its chunk: same key, same returns
+            carry = self.carry
         return self.programs.evaluate(carry.agent)
 
     # ---- checkpoints -----------------------------------------------------------
@@ -202,13 +206,15 @@ class Trainer:
                                       self.iteration, self.step)
             if ckpt_every and self.step // ckpt_every > prev_step // ckpt_every:
                 self.save_checkpoint()
-            if pending is None or pending[1] is not log_data:
+            if pending is None:  # else this chunk's log_data is yielded with its evaluation, after the next chunk
                 yield log_data
 
     def _record_eval(self, returns, log_data: dict, carry, iteration: int, step: int) -> dict:
         """Add an evaluation's returns to `log_data` (mean, per seed, per episode) and save
         `best.ckpt` from `carry` when the mean is the best so far."""
-        returns = np.asarray(self.programs.to_host(returns), np.float64)
+        returns = np.asarray(self.programs.to_host(returns))
+        self._last_eval = (step, returns)
+        returns = returns.astype(np.float64)
         log_data["eval_return_mean"] = float(returns.mean())
         log_data["eval_return_per_seed"] = returns.mean(axis=1).tolist()
         log_data["eval_returns"] = returns.tolist()
