@@ -117,3 +117,23 @@ def no_matplotlib(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def scan_rollout(env, actions, key):
+    """Step a batched env with `actions` [T, N, ...] inside one jit(lax.scan): the observation
+    before each step and the step's TimeStep, as numpy arrays, time-major."""
+    import jax
+
+    @jax.jit
+    def run(key):
+        obs, state = env.reset(key)
+
+        def body(c, a):
+            state, obs = c
+            state, ts = env.step(state, a, key)
+            return (state, ts.obs), (obs, ts)
+
+        _, out = jax.lax.scan(body, (state, obs), actions)
+        return out
+
+    return jax.device_get(run(key))

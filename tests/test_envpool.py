@@ -22,6 +22,7 @@ from angle_jax.envs import envpool_adapter as ea  # noqa: E402
 from angle_jax.envs.base import Discrete  # noqa: E402
 from angle_jax.envs.wrappers import EpisodeStatistics  # noqa: E402
 from angle_jax.replay.frames import bytes_per_transition, frame_replay, rebuild_stacks  # noqa: E402
+from conftest import scan_rollout  # noqa: E402
 
 # its module-scoped fixtures are built once: all its tests run on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("envpool")
@@ -34,21 +35,8 @@ def rollout(env, num_steps: int, seed: int = 0):
     spec = env.spec
     actions = jax.random.randint(jax.random.PRNGKey(seed), (num_steps, spec.num_envs), 0, spec.action_space.n,
                                  dtype=jnp.int32)
-
-    @jax.jit
-    def run(key):
-        obs, state = env.reset(key)
-
-        def body(c, a):
-            state, obs = c
-            state, ts = env.step(state, a, key)
-            return (state, ts.obs), (obs, a, ts)
-
-        _, out = jax.lax.scan(body, (state, obs), actions)
-        return out
-
-    obs, act, ts = jax.device_get(run(jax.random.PRNGKey(seed)))
-    return obs, act, ts
+    obs, ts = scan_rollout(env, actions, jax.random.PRNGKey(seed))
+    return obs, np.asarray(actions), ts
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from angle_jax import registry  # noqa: E402
 from angle_jax.config import ConfigError, load_config  # noqa: E402
 from angle_jax.envs import gym_adapter, gym_make  # noqa: E402
 from angle_jax.envs.base import Box, Discrete  # noqa: E402
-from conftest import REPO, run_in_process, run_script, xla_default_env  # noqa: E402
+from conftest import REPO, run_in_process, run_script, scan_rollout, xla_default_env  # noqa: E402
 
 try:
     import stable_retro  # noqa: F401
@@ -29,23 +29,6 @@ needs_retro = pytest.mark.skipif(not HAVE_RETRO, reason="stable-retro is not ins
 
 # Trainer runs and subprocess workers: keep these tests on one xdist worker
 pytestmark = pytest.mark.xdist_group("gym_envs")
-
-
-def adapter_rollout(env, actions, key):
-    """Step `env` with `actions` [T, N, ...] inside one jit(lax.scan); numpy arrays, time-major."""
-    @jax.jit
-    def run(key):
-        obs, state = env.reset(key)
-
-        def body(c, a):
-            state, obs = c
-            state, ts = env.step(state, a, key)
-            return (state, ts.obs), (obs, ts)
-
-        _, out = jax.lax.scan(body, (state, obs), actions)
-        return out
-
-    return jax.device_get(run(key))
 
 
 def reference_rollout(env_id, n, seed, actions, **make_kwargs):
@@ -77,7 +60,7 @@ def test_cartpole_matches_gymnasium_stepped_by_hand(vector="sync"):
         assert env.spec.max_episode_steps == 25 and env.vmappable is False
         actions = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (steps, n), 0, 2, dtype=jnp.int32))
         key = jax.random.PRNGKey(7)
-        obs, ts = adapter_rollout(env, jnp.asarray(actions), key)
+        obs, ts = scan_rollout(env, jnp.asarray(actions), key)
     finally:
         env.close()
     seed = int(gym_adapter.reset_seed(key))
@@ -102,7 +85,7 @@ def test_box_actions_are_rescaled_from_minus_one_one_and_match_by_hand():
         assert env.unwrapped.spec.action_space == Box((-2.0,), (2.0,), (1,))
         actions = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (steps, n, 1), minval=-1, maxval=1))
         key = jax.random.PRNGKey(5)
-        obs, ts = adapter_rollout(env, jnp.asarray(actions), key)
+        obs, ts = scan_rollout(env, jnp.asarray(actions), key)
     finally:
         env.unwrapped.close()
     ref = reference_rollout("Pendulum-v1", n, int(gym_adapter.reset_seed(key)), 2.0 * actions, max_episode_steps=15)
@@ -219,7 +202,7 @@ def test_airstriker_stacks_lives_and_game_ends():
         assert env.spec.obs_shape == (4, 84, 84) and env.spec.obs_dtype == "uint8"
         assert env.spec.action_space == Discrete(4)
         actions = jax.random.randint(jax.random.PRNGKey(0), (steps, n), 0, 4, dtype=jnp.int32)
-        obs, ts = adapter_rollout(env, actions, jax.random.PRNGKey(0))
+        obs, ts = scan_rollout(env, actions, jax.random.PRNGKey(0))
         frame = inner.render(None, 0)
     finally:
         inner.close()
