@@ -560,11 +560,9 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
                                   rnd_opt_state=rnd_opt_state, step=step)
         return new_state, metrics
 
-    # R2D2's sequence replay for these sizes (its checks, frame deduplication for stacked frames)
-    r2d2_replay = r2d2.make(config.r2d2_config(), spec, kernels=kernels).make_buffer
-
     def make_buffer(loop) -> ReplayBuffer:
-        return tagged_replay(r2d2_replay(loop))
+        """R2D2's sequence replay for these sizes (its checks, frame deduplication), tagged."""
+        return tagged_replay(r2d2.sequence_replay_for(config, spec, loop))
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
                                   make_buffer=make_buffer, kernels=kernels, memory=Memory(initial=initial),

@@ -194,6 +194,25 @@ def network(config: Config, spec: EnvSpec) -> RecurrentNetwork:
     return RecurrentNetwork(encoder, head, config.core, config.core_size)
 
 
+def sequence_replay_for(config: Config, spec: EnvSpec, loop) -> ReplayBuffer:
+    """The sequence replay of `config`'s sizes for `spec` and the off-policy `loop` (R2D2's and Agent57's).
+
+    Raises when a sequence does not fit the rows per env; stacked uint8 frames are stored once each.
+    """
+    length = config.sequence_length
+    rows = loop.capacity_per_env - loop.capacity_per_env % config.period
+    if length > rows:
+        raise ValueError(
+            f"a stored sequence (agent.burn_in + agent.unroll + agent.n_step = {length} steps) does not fit "
+            f"the replay's {loop.capacity_per_env} rows per env (buffer_size / num_envs, rounded down to a "
+            f"multiple of agent.period = {config.period}: {rows}); raise buffer_size or shorten the sequence")
+    # stacked Atari frames: each frame stored once, stacks rebuilt at sample time
+    frames = frame_replay_for(spec.obs_shape, spec.obs_dtype)
+    return sequence_replay(rows, loop.batch_size, length, config.period, prioritized=config.prioritized,
+                           alpha=config.per_alpha, beta0=config.per_beta0, beta_steps=config.per_beta_steps,
+                           eps=config.per_eps, frames=frames, shift_frames=config.shift_frames)
+
+
 def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kernels: Kernels = XLA) -> Algorithm:
     """R2D2 for a discrete-action env, run by the off-policy loop with its sequence replay."""
     del total_steps
@@ -263,17 +282,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return R2D2State(params, target_params, opt_state, hp, step), metrics
 
     def make_buffer(loop) -> ReplayBuffer:
-        rows = loop.capacity_per_env - loop.capacity_per_env % config.period
-        if length > rows:
-            raise ValueError(
-                f"a stored sequence (agent.burn_in + agent.unroll + agent.n_step = {length} steps) does not fit "
-                f"the replay's {loop.capacity_per_env} rows per env (buffer_size / num_envs, rounded down to a "
-                f"multiple of agent.period = {config.period}: {rows}); raise buffer_size or shorten the sequence")
-        # stacked Atari frames: each frame stored once, stacks rebuilt at sample time
-        frames = frame_replay_for(spec.obs_shape, spec.obs_dtype)
-        return sequence_replay(rows, loop.batch_size, length, config.period, prioritized=config.prioritized,
-                               alpha=config.per_alpha, beta0=config.per_beta0, beta_steps=config.per_beta_steps,
-                               eps=config.per_eps, frames=frames, shift_frames=config.shift_frames)
+        return sequence_replay_for(config, spec, loop)
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
                                   make_buffer=make_buffer, kernels=kernels,
