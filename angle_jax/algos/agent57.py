@@ -69,12 +69,12 @@ EXTRINSIC, INTRINSIC = 0, 1  # the two heads along the network's output axis -2
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(r2d2.BaseConfig):
     """Agent57 settings. Sizes and flags are static; the floats named in `Agent57HParams` are traced.
 
-    The R2D2 part (`hidden` … `epsilon_alpha`) means what it means in `r2d2.Config` (there is no
-    single `gamma`: each policy has its own). Family: `num_policies` N, `beta_max`, `gamma_max`,
-    `gamma_min` (the NGU schedules), or `betas` / `gammas` given as lists of N values.
+    The R2D2 part is `r2d2.BaseConfig`'s (no single `gamma`: each policy has its own). Family:
+    `num_policies` N, `beta_max`, `gamma_max`, `gamma_min` (the NGU schedules), or `betas` /
+    `gammas` given as lists of N values.
     Meta-controller: `meta_controller` (false: env i runs policy i mod N), `bandit_window` τ,
     `bandit_beta` (UCB bonus), `bandit_epsilon` (Agent57: 160, 1, 0.5). Episodic novelty:
     `memory_size` M embeddings per env, `embed_dim` D, `embed_hidden` encoder layers,
@@ -84,32 +84,6 @@ class Config:
     the multiplier cap `max_multiplier` L.
     """
 
-    hidden: tuple[int, ...] = (64,)
-    torso: str = "auto"
-    activation: str = "relu"
-    core: str = "lstm"
-    core_size: int = 64
-    forget_bias: float = 1.0
-    head_hidden: tuple[int, ...] = (64,)
-    dueling: bool = True
-    burn_in: int = 20
-    unroll: int = 40
-    n_step: int = 5
-    period: int = 20
-    prioritized: bool = True
-    per_alpha: float = 0.9
-    per_beta0: float = 0.6
-    per_beta_steps: int = 100_000
-    per_eta: float = 0.9
-    per_eps: float = 1e-6
-    shift_frames: int = 2
-    value_rescale_eps: float = 1e-3
-    target_update_interval: int = 2_500
-    max_grad_norm: float = 40.0
-    adam_eps: float = 1e-3
-    learning_rate: float = 1e-4
-    epsilon: float = 0.4
-    epsilon_alpha: float = 7.0
     # the family of policies
     num_policies: int = 32
     beta_max: float = 0.3
@@ -142,17 +116,8 @@ class Config:
     max_multiplier: float = 5.0
     axis_name: str | None = None
 
-    @property
-    def sequence_length(self) -> int:
-        return self.burn_in + self.unroll + self.n_step
-
-    def r2d2_config(self) -> r2d2.Config:
-        """The R2D2 settings among these (the ones both configs have)."""
-        shared = {f.name for f in dataclasses.fields(r2d2.Config)} & {f.name for f in dataclasses.fields(self)}
-        return r2d2.Config(**{name: getattr(self, name) for name in shared})
-
     def validate(self, num_envs: int | None = None) -> None:
-        self.r2d2_config().validate(num_envs)
+        super().validate(num_envs)
         if self.axis_name is not None:
             raise ValueError("agent57 keeps episodic memories and a bandit per env and does not support "
                              "data_parallel > 1")

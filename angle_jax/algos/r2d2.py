@@ -38,8 +38,8 @@ from angle_jax.replay.sequence import sequence_priority, sequence_replay
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """R2D2 settings. Sizes and flags are static; the floats named in `R2D2HParams` are traced.
+class BaseConfig:
+    """R2D2's settings but the discount, declared once for R2D2 and Agent57 (one γ per policy).
 
     Network: `torso` encoder then dense layers `hidden` ("auto": none for vector observations,
     the MinAtar CNN for grids, the Nature CNN for stacked Atari frames `[K, 84, 84]`), a `core`
@@ -76,10 +76,8 @@ class Config:
     max_grad_norm: float = 40.0
     adam_eps: float = 1e-3
     learning_rate: float = 1e-4
-    gamma: float = 0.997
     epsilon: float = 0.4
     epsilon_alpha: float = 7.0
-    axis_name: str | None = None
 
     @property
     def sequence_length(self) -> int:
@@ -103,8 +101,6 @@ class Config:
             raise ValueError(f"shift_frames must be in [0, 250], got {self.shift_frames}")
         if self.burn_in < 0:
             raise ValueError(f"burn_in must be >= 0, got {self.burn_in}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.epsilon_alpha < 0:
@@ -122,6 +118,20 @@ class Config:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(BaseConfig):
+    """R2D2 settings: `BaseConfig`'s and the discount `gamma`. Sizes and flags are static; the floats
+    named in `R2D2HParams` are traced."""
+
+    gamma: float = 0.997
+    axis_name: str | None = None
+
+    def validate(self, num_envs: int | None = None) -> None:
+        super().validate(num_envs)
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
 
 
 @struct.dataclass
@@ -194,7 +204,7 @@ def network(config: Config, spec: EnvSpec) -> RecurrentNetwork:
     return RecurrentNetwork(encoder, head, config.core, config.core_size)
 
 
-def sequence_replay_for(config: Config, spec: EnvSpec, loop) -> ReplayBuffer:
+def sequence_replay_for(config: BaseConfig, spec: EnvSpec, loop) -> ReplayBuffer:
     """The sequence replay of `config`'s sizes for `spec` and the off-policy `loop` (R2D2's and Agent57's).
 
     Raises when a sequence does not fit the rows per env; stacked uint8 frames are stored once each.
