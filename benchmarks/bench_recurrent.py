@@ -11,6 +11,7 @@ among each seed's last 1,000 training episodes, read from the last log chunk (si
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -24,9 +25,9 @@ sys.path.insert(0, str(REPO))
 OUT = REPO / "runs" / "bench_recurrent"
 
 
-def train(name: str, args: list[str]) -> tuple[dict, list[dict]]:
-    """Run train.py into OUT/name (fresh); its summary and its log chunks."""
-    run_dir = OUT / name
+def train(name: str, args: list[str], out: Path = OUT) -> tuple[dict, list[dict]]:
+    """Run train.py into out/name (fresh); its summary and its log chunks."""
+    run_dir = out / name
     if run_dir.exists():
         import shutil
 
@@ -89,6 +90,56 @@ def memory_chain(args) -> None:
                               "process_s": summary["process_s"]}), flush=True)
 
 
+def loop_speed(config, seeds: int, kernels, repeats: int) -> tuple[float, float]:
+    """Env steps/s of `config`'s whole training loop over `seeds` runs (best of `repeats`), and its
+    compile time in seconds."""
+    import jax
+
+    from angle_jax import registry
+    from angle_jax.core.axes import seed_axes
+    from angle_jax.training.build import build_train
+    from angle_jax.training.programs import map_runs
+
+    env = registry.make_env(config.env, config.num_envs, **config.env_kwargs)
+    _, tr = build_train(config, registry.algo_spec(config.algo), env, None, kernels)
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    axes = seed_axes(jax.eval_shape(tr.init, keys[0]))
+    iters = tr.loop.num_iterations if hasattr(tr.loop, "num_iterations") else config.total_steps // config.num_envs
+    # runs built one after another, as the Trainer does (vmapped orthogonal initialisers become
+    # batched LAPACK QRs, which can hang XLA:CPU's thread pool)
+    init = jax.jit(lambda k: map_runs(tr.init, axes, k)) if seeds > 1 else jax.jit(tr.init)
+    if seeds > 1:
+        run = jax.jit(jax.vmap(lambda c: tr.run(c, iters), in_axes=(axes,), out_axes=(axes, 0)))
+    else:
+        run = jax.jit(lambda c: tr.run(c, iters))
+    carry = init(keys if seeds > 1 else keys[0])
+    t0 = time.perf_counter()
+    with kernels.lowering():
+        compiled = run.lower(carry).compile(kernels.loop_options())
+    compile_s = time.perf_counter() - t0
+    best = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = compiled(carry)
+        jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return iters * tr.steps_per_iteration * seeds / best, compile_s
+
+
+def call_us(fn, *a, calls: int) -> float:
+    """Microseconds per call of `fn(*a)` jitted, over `calls` calls after a warm-up."""
+    import jax
+
+    f = jax.jit(fn)
+    jax.block_until_ready(f(*a))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        out = f(*a)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
 def speed(args) -> None:
     """Env steps/s of recurrent and feed-forward PPO at the same sizes (CartPole-v1, 1 and 8 seeds),
     and R2D2's time per learner step split into acting, replay add/sample, burn-in and update."""
@@ -98,41 +149,12 @@ def speed(args) -> None:
     from angle_jax import registry
     from angle_jax.algos import r2d2
     from angle_jax.config import load_config
-    from angle_jax.core.axes import seed_axes
     from angle_jax.core.types import SequenceStep
     from angle_jax.networks.recurrent import burn_in
-    from angle_jax.training.build import build_train, loop_from_config
-    from angle_jax.training.programs import map_runs
+    from angle_jax.training.build import loop_from_config
     from angle_jax.xla_cpu import select
 
     kernels = select("auto", jax.default_backend())
-
-    def loop_speed(config, seeds: int) -> tuple[float, float]:
-        env = registry.make_env(config.env, config.num_envs, **config.env_kwargs)
-        _, tr = build_train(config, registry.algo_spec(config.algo), env, None, kernels)
-        keys = jax.random.split(jax.random.PRNGKey(0), seeds)
-        axes = seed_axes(jax.eval_shape(tr.init, keys[0]))
-        iters = tr.loop.num_iterations if hasattr(tr.loop, "num_iterations") else config.total_steps // config.num_envs
-        # runs built one after another, as the Trainer does (vmapped orthogonal initialisers become
-        # batched LAPACK QRs, which can hang XLA:CPU's thread pool)
-        init = jax.jit(lambda k: map_runs(tr.init, axes, k)) if seeds > 1 else jax.jit(tr.init)
-        if seeds > 1:
-            run = jax.jit(jax.vmap(lambda c: tr.run(c, iters), in_axes=(axes,), out_axes=(axes, 0)))
-        else:
-            run = jax.jit(lambda c: tr.run(c, iters))
-        carry = init(keys if seeds > 1 else keys[0])
-        t0 = time.perf_counter()
-        with kernels.lowering():
-            compiled = run.lower(carry).compile(kernels.loop_options())
-        compile_s = time.perf_counter() - t0
-        best = None
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            out = compiled(carry)
-            jax.block_until_ready(out)
-            dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        return iters * tr.steps_per_iteration * seeds / best, compile_s
 
     rows = {}
     for core in ("none", "lstm", "gru") if "ppo" in args.parts else ():
@@ -140,7 +162,7 @@ def speed(args) -> None:
                      "agent.rollout_length=128", "agent.minibatches=4", "agent.epochs=4"]
         config = load_config(None, ["algo=ppo", "env=CartPole-v1", *overrides])
         for seeds in (1, 8):
-            sps, compile_s = loop_speed(config, seeds)
+            sps, compile_s = loop_speed(config, seeds, kernels, args.repeats)
             rows[f"ppo_{core}_{seeds}"] = {"steps_per_s": round(sps), "compile_s": round(compile_s, 2)}
             print(json.dumps({"bench": "speed", "algo": "ppo", "core": core, "seeds": seeds, **rows[f"ppo_{core}_{seeds}"]}),
                   flush=True)
@@ -148,7 +170,7 @@ def speed(args) -> None:
                                 f"total_steps={args.r2d2_steps}", "learning_starts=400", "batch_size=32", "num_envs=8", "buffer_size=48000",
                                 "agent.burn_in=4", "agent.unroll=24", "agent.n_step=1", "agent.period=12"])
     for seeds in (1, 8) if "r2d2" in args.parts else ():
-        sps, compile_s = loop_speed(config, seeds)
+        sps, compile_s = loop_speed(config, seeds, kernels, args.repeats)
         print(json.dumps({"bench": "speed", "algo": "r2d2", "seeds": seeds, "steps_per_s": round(sps),
                           "compile_s": round(compile_s, 2)}), flush=True)
 
@@ -169,16 +191,7 @@ def speed(args) -> None:
         buf = jax.jit(buffer.add)(buf, item.replace(reward=jnp.full((8,), float(i))))
     batch = buffer.sample(buf, jax.random.PRNGKey(2))
     net = r2d2.network(agent_config, env.spec)
-
-    def timed(fn, *a) -> float:
-        f = jax.jit(fn)
-        jax.block_until_ready(f(*a))
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-            out = f(*a)
-        jax.block_until_ready(out)
-        return (time.perf_counter() - t0) / args.calls * 1e6
-
+    timed = functools.partial(call_us, calls=args.calls)
     head = slice(0, agent_config.burn_in)
     parts = {
         "act_us": timed(lambda s, o, c, r, k: algo.explore(s, o, c, r, k), state, obs, core, reset,
