@@ -17,34 +17,19 @@ shrink both for a smoke run (steps/s then include the warm-up's random acting).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 OUT = REPO / "runs" / "bench_agent57"
 
-
-def train(name: str, args: list[str]) -> tuple[dict, list[dict]]:
-    """Run train.py into OUT/name (fresh); its summary and its log rows."""
-    run_dir = OUT / name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    cmd = [sys.executable, str(REPO / "train.py"), *args, "--set", "progress=false", "--run-dir", str(run_dir)]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["process_s"] = round(time.perf_counter() - t0, 1)
-    logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return summary, logs
+from bench_recurrent import call_us, loop_speed, train  # noqa: E402
 
 
 def first_success(logs: list[dict], summary: dict, threshold: float) -> list[int | None]:
@@ -108,7 +93,7 @@ def mountaincar(args) -> None:
     arms = {"agent57": ["--algo", "agent57", "--env", "MountainCar-v0"],
             "r2d2": r2d2_args("agent57_mountaincar.yaml")}
     for arm in args.arms:
-        summary, logs = train(f"mountaincar_{arm}", arms[arm] + common)
+        summary, logs = train(f"mountaincar_{arm}", arms[arm] + common, OUT)
         report("mountaincar", arm, summary, logs, -200.0, {"steps": args.steps})
 
 
@@ -122,7 +107,7 @@ def deepsea(args) -> None:
            "--set", "agent.hidden=[64,64]", "--set", "agent.epsilon_decay_steps=50000", "--set", "agent.gamma=0.997"]
     arms = {"agent57": ["--algo", "agent57", "--env", "DeepSea-bsuite"], "dqn": dqn}
     for arm in args.arms:
-        summary, logs = train(f"deepsea_{arm}", arms[arm] + common)
+        summary, logs = train(f"deepsea_{arm}", arms[arm] + common, OUT)
         report("deepsea", arm, summary, logs, 0.5, {"size": size, "steps": args.steps, "episodes": episodes})
 
 
@@ -173,7 +158,7 @@ def speed(args) -> None:
     from angle_jax.config import load_config
     from angle_jax.core.types import SequenceStep
     from angle_jax.episodic import novelty
-    from angle_jax.training.build import build_train, loop_from_config
+    from angle_jax.training.build import loop_from_config
     from angle_jax.xla_cpu import select
 
     kernels = select("auto", jax.default_backend())
@@ -182,27 +167,9 @@ def speed(args) -> None:
     r2d2_file = Path(r2d2_args("agent57_mountaincar.yaml")[1])
     r2d2 = load_config(r2d2_file, base)
 
-    def loop_speed(config) -> tuple[float, float]:
-        env = registry.make_env(config.env, config.num_envs, **config.env_kwargs)
-        _, tr = build_train(config, registry.algo_spec(config.algo), env, None, kernels)
-        iters = config.total_steps // config.num_envs
-        carry = jax.jit(tr.init)(jax.random.PRNGKey(0))
-        run = jax.jit(lambda c: tr.run(c, iters))
-        t0 = time.perf_counter()
-        with kernels.lowering():
-            compiled = run.lower(carry).compile(kernels.loop_options())
-        compile_s = time.perf_counter() - t0
-        best = None
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(carry))
-            dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        return iters * config.num_envs / best, compile_s
-
     loop_sps = {}
     for name, config in (("agent57", a57), ("r2d2", r2d2)):
-        sps, compile_s = loop_speed(config)
+        sps, compile_s = loop_speed(config, 1, kernels, args.repeats)
         loop_sps[name] = sps
         print(json.dumps({"bench": "speed", "algo": name, "env": config.env, "num_envs": config.num_envs,
                           "batch": config.batch_size, "steps_timed": config.total_steps,
@@ -231,15 +198,7 @@ def speed(args) -> None:
     batch = buffer.sample(buf, jax.random.PRNGKey(2))
     emb = jax.random.normal(jax.random.PRNGKey(3), (n, cfg.embed_dim))
 
-    def timed(fn, *a) -> float:
-        f = jax.jit(fn)
-        jax.block_until_ready(f(*a))
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-            out = f(*a)
-        jax.block_until_ready(out)
-        return (time.perf_counter() - t0) / args.calls * 1e6
-
+    timed = functools.partial(call_us, calls=args.calls)
     parts = {
         "act_us": timed(lambda s, o, c, r, k: algo.explore(s, o, c, r, k), state, obs, core, reset,
                         jax.random.PRNGKey(4)),
