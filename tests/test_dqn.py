@@ -202,6 +202,7 @@ def test_act_is_deterministic_and_explore_is_noisy():
     (dict(torso="resnet"), "torso must be one of"),
     (dict(hidden=(64, 0)), "positive widths"),
     (dict(learning_rate=0.0), "learning_rate must be positive"),
+    (dict(lr_decay_updates=-1), "lr_decay_updates must be >= 0"),
 ])
 def test_bad_configs_raise_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -299,6 +300,27 @@ def test_dqn_update_accepts_plain_transitions():
     batch = batch.replace(obs=batch.obs.astype(jnp.float32), next_obs=batch.next_obs.astype(jnp.float32))
     state, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
     assert np.isfinite(float(metrics["loss"])) and "priorities" not in metrics
+
+
+def test_lr_decay_reaches_zero_and_then_freezes_the_params():
+    """lr_decay_updates 2: the first update moves at the full rate, the second at half, the third not at all."""
+    algo = dqn.make(dqn.Config(hidden=(16,), lr_decay_updates=2, learning_rate=1e-2), VECTOR_SPEC)
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    batch = fake_step(jax.random.PRNGKey(1), dataclasses.replace(VECTOR_SPEC, num_envs=6))
+    batch = batch.replace(obs=batch.obs.astype(jnp.float32), next_obs=batch.next_obs.astype(jnp.float32))
+    update = jax.jit(algo.update)
+    rates, moved = [], []
+    for i in range(3):
+        new, metrics = update(state, batch, jax.random.PRNGKey(2 + i))
+        rates.append(float(metrics["learning_rate"]))
+        moved.append(max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                         zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))))
+        state = new
+    np.testing.assert_allclose(rates, [1e-2, 5e-3, 0.0], rtol=1e-6)
+    assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0.0
+    constant = dqn.make(dqn.Config(hidden=(16,)), VECTOR_SPEC)
+    _, metrics = jax.jit(constant.update)(jax.jit(constant.init)(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(2))
+    assert "learning_rate" not in metrics
 
 
 # ---- learning -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -44,3 +45,12 @@ def test_direction_optimizer_step_moves_params_against_the_gradient():
     grads = {"w": jnp.array([1.0, -1.0, 0.0]), "b": jnp.array(2.0)}
     new, _ = apply_gradients(tx, params, tx.init(params), grads, jnp.array(0.1))
     assert float(new["w"][0]) < 1.0 < float(new["w"][1]) and float(new["w"][2]) == 1.0 and float(new["b"]) < 0.0
+
+
+def test_linear_decay_hand_computed():
+    from angle_jax.core.optim import linear_decay
+
+    values = [float(linear_decay(jnp.float32(2.0), jnp.int32(s), 4)) for s in (0, 1, 2, 4, 9)]
+    np.testing.assert_allclose(values, [2.0, 1.5, 1.0, 0.0, 0.0])
+    assert float(linear_decay(jnp.float32(2.0), jnp.int32(7), 0)) == 2.0
+    assert float(linear_decay(jnp.float32(2.0), jnp.int32(7), None)) == 2.0

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from angle_jax.core.kernels import XLA, Kernels
-from angle_jax.core.optim import (apply_gradients, direction_optimizer, hparams_from_config, maybe_pmean,
+from angle_jax.core.optim import (apply_gradients, direction_optimizer, hparams_from_config, linear_decay, maybe_pmean,
                                   polyak_update)
 from angle_jax.core.returns import nstep_return
 from angle_jax.core.types import AlgoSpec, Algorithm, NStepBatch, Transition, as_nstep_batch, bind_kernels
@@ -53,7 +53,10 @@ class Config:
     both ε values to 0 for exploration by parameter noise alone.
 
     The target net moves toward the online net by `tau` (1.0 = copy) every
-    `target_update_interval` gradient updates.
+    `target_update_interval` gradient updates. `lr_decay_updates` N > 0 decays the
+    learning rate linearly to 0 over the first N gradient updates (a run makes
+    (total_steps - learning_starts) x gradient_steps / (num_envs x train_frequency)),
+    so the policy settles instead of drifting late in a run; 0 keeps it constant.
     """
 
     hidden: tuple[int, ...] = (128, 128)
@@ -83,6 +86,7 @@ class Config:
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 10_000
+    lr_decay_updates: int = 0
     axis_name: str | None = None
 
     def validate(self, num_envs: int | None = None) -> None:
@@ -106,6 +110,8 @@ class Config:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.adam_eps <= 0:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
+        if self.lr_decay_updates < 0:
+            raise ValueError(f"lr_decay_updates must be >= 0 (0 = constant learning rate), got {self.lr_decay_updates}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         check_epsilon_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
@@ -387,7 +393,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
 
         (loss, (priority, q)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grads = maybe_pmean(grads, config.axis_name)
-        params, opt_state = apply_gradients(tx, state.params, state.opt_state, grads, hp.learning_rate)
+        learning_rate = linear_decay(hp.learning_rate, state.step, config.lr_decay_updates)
+        params, opt_state = apply_gradients(tx, state.params, state.opt_state, grads, learning_rate)
         step = state.step + 1
         target_params = jax.lax.cond(
             step % config.target_update_interval == 0,
@@ -396,6 +403,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         )
         new_state = DQNState(params, target_params, opt_state, hp, step)
         metrics = {"loss": loss, "q_mean": jnp.mean(q), "q_taken": jnp.mean(select_action_values(q, batch.action))}
+        if config.lr_decay_updates:
+            metrics["learning_rate"] = learning_rate
         if config.prioritized:
             metrics["priorities"] = priority
         return new_state, metrics

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from angle_jax.core.optim import linear_decay
 from angle_jax.core.running_stats import RunningStats, discounted_filter, normalize_obs, scale_by_std
 from angle_jax.core.types import Memory, Rollout
 from angle_jax.envs.base import EnvSpec
@@ -191,10 +192,8 @@ def num_iterations(config, spec: EnvSpec, total_steps: int | None) -> int | None
 
 def lr_schedule(config, spec: EnvSpec, total_steps: int | None):
     """`(base_lr, step) -> lr`: linear decay to 0 over the run when `anneal_lr`."""
-    iters = num_iterations(config, spec, total_steps)
-    if not config.anneal_lr or iters is None:
-        return lambda lr, step: lr
-    return lambda lr, step: lr * jnp.maximum(1.0 - step.astype(jnp.float32) / iters, 0.0)
+    iters = num_iterations(config, spec, total_steps) if config.anneal_lr else None
+    return lambda lr, step: linear_decay(lr, step, iters)
 
 
 def policy_functions(config, spec: EnvSpec, net: ActorCritic):

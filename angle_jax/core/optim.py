@@ -35,6 +35,14 @@ def apply_gradients(tx: optax.GradientTransformation, params: Any, opt_state: An
     return params, opt_state
 
 
+def linear_decay(value: jax.Array, step: jax.Array, horizon: int | None) -> jax.Array:
+    """`value` decayed linearly to 0 over `horizon` steps (and 0 after); `horizon` None or 0:
+    `value` unchanged. The learning-rate annealing of every algorithm that has one."""
+    if not horizon:
+        return value
+    return value * jnp.maximum(1.0 - jnp.asarray(step, jnp.float32) / horizon, 0.0)
+
+
 def maybe_pmean(tree: Any, axis_name: str | None) -> Any:
     """Average over a mapped device axis when one is named (data-parallel training)."""
     if axis_name is None:
