@@ -227,8 +227,9 @@ def test_registry_and_configs_parse():
     assert registry.algo_spec("rainbow").action_kind == "discrete"
     run = load_config(CONFIGS / "dqn_cartpole.yaml")
     assert run.algo == "dqn" and run.env == "CartPole-v1" and isinstance(run.agent, dqn.Config)
-    assert run.agent.double and run.agent.hidden == (120, 84) and run.agent.n_step == 1
-    assert run.agent.tau == 0.005 and run.agent.target_update_interval == 1 and run.agent.gamma == 0.995
+    assert run.agent.double and run.agent.hidden == (256, 256) and run.agent.n_step == 1
+    assert run.agent.tau == 0.01 and run.agent.target_update_interval == 1 and run.agent.gamma == 0.995
+    assert run.agent.learning_rate == 1e-3 and run.agent.lr_decay_updates == 30_000
     # PureJaxRL's CartPole settings mapped onto ours (benchmarks/bench_dqn.py speed): equal work per env step
     run = load_config(CONFIGS / "dqn_cartpole_purejaxrl.yaml")
     a = run.agent
