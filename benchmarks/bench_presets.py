@@ -141,7 +141,8 @@ def main():
         return
     for name in args.preset:
         if not (REPO / "configs" / f"{name}.yaml").exists():
-            p.error(f"no preset configs/{name}.yaml")
+            valid = ", ".join(sorted(f.stem for f in (REPO / "configs").glob("*.yaml")))
+            p.error(f"no preset configs/{name}.yaml (valid: {valid})")
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     if not kernels or any(k not in ("xla", "cpu") for k in kernels):
         p.error(f"--kernels takes xla and/or cpu, got {args.kernels!r}")
