@@ -158,8 +158,10 @@ def main():
                     "process_wall_s": summary["process_wall_s"], "eval_seed": summary["eval_seed"],
                     "stats": describe(name, summary), "machine": machine(),
                     "when": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+            # re-read before writing: cells from other bench_presets processes since this one started stay
+            results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
             results["cells"][key_of(cell)] = cell
-            tmp = out.with_suffix(".json.tmp")
+            tmp = out.with_suffix(f".json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(results, indent=1) + "\n")
             os.replace(tmp, out)
             s = cell["stats"]
