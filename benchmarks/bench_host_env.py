@@ -8,10 +8,13 @@ overhead: gym:CartPole-v1 with N envs, env-steps/s of
   - the adapter with PPO learning (the Trainer's compiled chunks, compile excluded).
 retro: Airstriker, N envs: the async vector env alone (emulation) and PPO through the adapter,
   and the split between them.
+lunarlander: `train.py --config configs/ppo_lunarlander.yaml --seed S` for each seed (host envs train one
+  seed per process; `--parallel` processes at a time), each seed's final greedy return and curve.
 
 Prints one JSON object. Env-steps are agent steps summed over envs.
 Usage: python benchmarks/bench_host_env.py overhead [--num-envs 8] [--steps 2000] [--repeats 3]
        python benchmarks/bench_host_env.py retro [--num-envs 8] [--steps 4096]
+       python benchmarks/bench_host_env.py lunarlander [--seeds 4] [--parallel 2] [--eval-episodes 20]
 """
 from __future__ import annotations
 
@@ -195,17 +198,71 @@ def retro(args) -> dict:
     return res
 
 
+def lunarlander(args) -> dict:
+    """PPO on gym:LunarLander-v3 (the preset), one train.py process per seed, into runs/bench_host_env/."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    out = repo / "runs" / "bench_host_env"
+    procs = {}
+    pending = list(range(args.seed, args.seed + args.seeds))
+    res = {"machine": machine(), "env": "gym:LunarLander-v3", "config": "configs/ppo_lunarlander.yaml",
+           "eval_episodes": args.eval_episodes, "per_seed": {}}
+    if args.ppo_steps_total:
+        res["total_steps"] = args.ppo_steps_total
+    while pending or procs:
+        while pending and len(procs) < args.parallel:
+            seed = pending.pop(0)
+            run_dir = out / f"lunarlander_seed{seed}"
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            cmd = [sys.executable, str(repo / "train.py"), "--config", str(repo / "configs" / "ppo_lunarlander.yaml"),
+                   "--seed", str(seed), "--run-dir", str(run_dir), "--set", "progress=false",
+                   "--set", f"eval_episodes={args.eval_episodes}"]
+            if args.ppo_steps_total:
+                cmd += ["--total-steps", str(args.ppo_steps_total)]
+            procs[seed] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+                           run_dir, time.perf_counter())
+        time.sleep(2)
+        for seed, (proc, run_dir, t0) in list(procs.items()):
+            if proc.poll() is None:
+                continue
+            del procs[seed]
+            if proc.returncode != 0:
+                raise SystemExit(f"seed {seed} failed:\n{proc.stderr.read()[-2000:]}")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            res["per_seed"][seed] = {
+                "final_eval_return": round(float(summary["final_eval_return_mean"]), 1),
+                "steps_per_s": summary["steps_per_s"], "compile_s": summary["compile_s"],
+                "process_s": round(time.perf_counter() - t0, 1),
+                "curve": [(x["step"], x.get("episode_return_mean")) for x in logs if "step" in x]}
+            print(json.dumps({"seed": seed, **{k: v for k, v in res["per_seed"][seed].items() if k != "curve"}}),
+                  file=sys.stderr, flush=True)
+    finals = [v["final_eval_return"] for v in res["per_seed"].values()]
+    res["mean"] = round(float(np.mean(finals)), 1)
+    res["seeds_at_200"] = int(sum(f >= 200 for f in finals))
+    return res
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["overhead", "retro"])
+    p.add_argument("what", choices=["overhead", "retro", "lunarlander"])
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ppo-steps", type=int, default=65_536)
-    p.add_argument("--eval-episodes", type=int, default=2)
+    p.add_argument("--eval-episodes", type=int, help="final evaluation episodes (default: retro 2, lunarlander 20)")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--parallel", type=int, default=2, help="train.py processes at a time")
+    p.add_argument("--total-steps", dest="ppo_steps_total", type=int, help="env steps per seed (default: the preset's)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    res = overhead(args) if args.what == "overhead" else retro(args)
+    if args.eval_episodes is None:
+        args.eval_episodes = 20 if args.what == "lunarlander" else 2
+    res = {"overhead": overhead, "retro": retro, "lunarlander": lunarlander}[args.what](args)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
