@@ -14,7 +14,7 @@ lunarlander: `train.py --config configs/ppo_lunarlander.yaml --seed S` for each 
 Prints one JSON object. Env-steps are agent steps summed over envs.
 Usage: python benchmarks/bench_host_env.py overhead [--num-envs 8] [--steps 2000] [--repeats 3]
        python benchmarks/bench_host_env.py retro [--num-envs 8] [--steps 4096]
-       python benchmarks/bench_host_env.py lunarlander [--seeds 4] [--parallel 2] [--eval-episodes 20]
+       python benchmarks/bench_host_env.py lunarlander [--seeds 4] [--parallel 2] [--eval-episodes 20] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -208,13 +208,14 @@ def lunarlander(args) -> dict:
     procs = {}
     pending = list(range(args.seed, args.seed + args.seeds))
     res = {"machine": machine(), "env": "gym:LunarLander-v3", "config": "configs/ppo_lunarlander.yaml",
-           "eval_episodes": args.eval_episodes, "per_seed": {}}
+           "eval_episodes": args.eval_episodes, "overrides": list(args.set), "per_seed": {}}
     if args.ppo_steps_total:
         res["total_steps"] = args.ppo_steps_total
     while pending or procs:
         while pending and len(procs) < args.parallel:
             seed = pending.pop(0)
-            run_dir = out / f"lunarlander_seed{seed}"
+            tag = "".join("_" + x.replace("agent.", "").replace("=", "-") for x in args.set)
+            run_dir = out / f"lunarlander{tag}_seed{seed}"
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             cmd = [sys.executable, str(repo / "train.py"), "--config", str(repo / "configs" / "ppo_lunarlander.yaml"),
@@ -222,6 +223,8 @@ def lunarlander(args) -> dict:
                    "--set", f"eval_episodes={args.eval_episodes}"]
             if args.ppo_steps_total:
                 cmd += ["--total-steps", str(args.ppo_steps_total)]
+            for item in args.set:
+                cmd += ["--set", item]
             procs[seed] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
                            run_dir, time.perf_counter())
         time.sleep(2)
@@ -258,6 +261,7 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--parallel", type=int, default=2, help="train.py processes at a time")
     p.add_argument("--total-steps", dest="ppo_steps_total", type=int, help="env steps per seed (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="lunarlander: extra train.py override")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     if args.eval_episodes is None:
