@@ -200,46 +200,35 @@ def retro(args) -> dict:
 
 def lunarlander(args) -> dict:
     """PPO on gym:LunarLander-v3 (the preset), one train.py process per seed, into runs/bench_host_env/."""
-    import shutil
-    import subprocess
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from bench_recurrent import train  # runs train.py into a fresh run directory, returns summary and logs
 
     repo = Path(__file__).resolve().parent.parent
     out = repo / "runs" / "bench_host_env"
-    procs = {}
-    pending = list(range(args.seed, args.seed + args.seeds))
+    tag = "".join("_" + x.replace("agent.", "").replace("=", "-") for x in args.set)
+    common = ["--config", str(repo / "configs" / "ppo_lunarlander.yaml"), "--set", f"eval_episodes={args.eval_episodes}"]
+    if args.ppo_steps_total:
+        common += ["--total-steps", str(args.ppo_steps_total)]
+    for item in args.set:
+        common += ["--set", item]
     res = {"machine": machine(), "env": "gym:LunarLander-v3", "config": "configs/ppo_lunarlander.yaml",
            "eval_episodes": args.eval_episodes, "overrides": list(args.set), "per_seed": {}}
     if args.ppo_steps_total:
         res["total_steps"] = args.ppo_steps_total
-    while pending or procs:
-        while pending and len(procs) < args.parallel:
-            seed = pending.pop(0)
-            tag = "".join("_" + x.replace("agent.", "").replace("=", "-") for x in args.set)
-            run_dir = out / f"lunarlander{tag}_seed{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            cmd = [sys.executable, str(repo / "train.py"), "--config", str(repo / "configs" / "ppo_lunarlander.yaml"),
-                   "--seed", str(seed), "--run-dir", str(run_dir), "--set", "progress=false",
-                   "--set", f"eval_episodes={args.eval_episodes}"]
-            if args.ppo_steps_total:
-                cmd += ["--total-steps", str(args.ppo_steps_total)]
-            for item in args.set:
-                cmd += ["--set", item]
-            procs[seed] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-                           run_dir, time.perf_counter())
-        time.sleep(2)
-        for seed, (proc, run_dir, t0) in list(procs.items()):
-            if proc.poll() is None:
-                continue
-            del procs[seed]
-            if proc.returncode != 0:
-                raise SystemExit(f"seed {seed} failed:\n{proc.stderr.read()[-2000:]}")
-            summary = json.loads((run_dir / "summary.json").read_text())
-            logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+    def one(seed):
+        summary, logs = train(f"lunarlander{tag}_seed{seed}", common + ["--seed", str(seed)], out=out)
+        return seed, summary, logs
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        jobs = [pool.submit(one, seed) for seed in range(args.seed, args.seed + args.seeds)]
+        for job in as_completed(jobs):
+            seed, summary, logs = job.result()
             res["per_seed"][seed] = {
                 "final_eval_return": round(float(summary["final_eval_return_mean"]), 1),
                 "steps_per_s": summary["steps_per_s"], "compile_s": summary["compile_s"],
-                "process_s": round(time.perf_counter() - t0, 1),
+                "process_s": summary["process_s"],
                 "curve": [(x["step"], x.get("episode_return_mean")) for x in logs if "step" in x]}
             print(json.dumps({"seed": seed, **{k: v for k, v in res["per_seed"][seed].items() if k != "curve"}}),
                   file=sys.stderr, flush=True)

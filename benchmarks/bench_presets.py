@@ -135,8 +135,8 @@ def main():
     args = p.parse_args()
 
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
     if args.table:
+        results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
         print(table(list(results["cells"].values())))
         return
     for name in args.preset:
