@@ -259,6 +259,7 @@ def test_r2d2_trains_on_envpool_breakout_and_its_replay_gives_back_envpool_obs()
     for log in trainer():
         obs.append(np.asarray(trainer.carry.obs[0]))
         losses.append(log["loss"])
+        assert log["replay_dropped"] == 0  # the loop reports the rows its replay could not rebuild
         now = len(obs) - 1
         if now % 10 and now < trainer.total_iters:
             continue

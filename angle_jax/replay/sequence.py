@@ -28,7 +28,7 @@ like the core), and `sample` rebuilds every stack of a sequence from it, exactly
 start stacks and the per-slot flags live exactly as long as the rows they belong to. A row that
 is none of the three kinds, or a shift in a block whose side frames are all taken, cannot be
 rebuilt: the slots that hold it at a later step are never made valid (`dropped` counts such
-rows), so every sampled stack equals the obs that was added.
+rows; the off-policy loop logs it as `replay_dropped`), so every sampled stack equals the obs that was added.
 """
 from __future__ import annotations
 

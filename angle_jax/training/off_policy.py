@@ -229,6 +229,8 @@ def make_train(algo: Algorithm, env: Env, loop: OffPolicyLoop, eval_env: Env | N
         (carry, episodes), metrics = jax.lax.scan(body, (carry, EpisodeAccumulator.zeros()), None, length=num_iters)
         logs = dict(episodes.summary())
         logs.update({k: jnp.nanmean(v) for k, v in metrics.items()})
+        if hasattr(carry.buffer, "dropped"):  # frame-deduplicated sequence replay: rows it could not rebuild
+            logs["replay_dropped"] = carry.buffer.dropped
         return carry, logs
 
     evaluate = make_evaluate(algo, eval_env, eval_sample) if eval_env is not None else None
