@@ -203,7 +203,6 @@ def test_act_is_deterministic_and_explore_is_noisy():
     (dict(hidden=(64, 0)), "positive widths"),
     (dict(learning_rate=0.0), "learning_rate must be positive"),
     (dict(lr_decay_updates=-1), "lr_decay_updates must be >= 0"),
-    (dict(lr_decay_start_return=500.0), "lr_decay_start_return needs lr_decay_updates"),
 ])
 def test_bad_configs_raise_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -323,57 +322,6 @@ def test_lr_decay_reaches_zero_and_then_freezes_the_params():
     constant = dqn.make(dqn.Config(hidden=(16,)), VECTOR_SPEC)
     _, metrics = jax.jit(constant.update)(jax.jit(constant.init)(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(2))
     assert "learning_rate" not in metrics
-
-
-class TrackReturnsTest(chex.TestCase):
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_returns_per_env_and_the_first_episode_at_the_threshold_fixes_the_start(self):
-        """3 envs, threshold 3: env 1 ends at return 2 (no start), env 0 ends at 3 on step 7 (start 7);
-        a later episode at the threshold does not move the start."""
-        track = self.variant(functools.partial(dqn.track_returns, threshold=3.0))
-        ret, start = jnp.zeros(3), jnp.asarray(dqn.NOT_STARTED, jnp.int32)
-        steps = [  # (update count, reward, done)
-            (5, [1.0, 1.0, 0.5], [False, False, False]),
-            (6, [1.0, 1.0, 0.5], [False, True, False]),
-            (7, [1.0, 1.0, 0.5], [True, False, False]),
-            (8, [4.0, 1.0, 9.0], [True, False, True]),
-        ]
-        expected = [([1, 1, 0.5], dqn.NOT_STARTED), ([2, 0, 1], dqn.NOT_STARTED), ([0, 1, 1.5], 7), ([0, 2, 0], 7)]
-        for (step, reward, done), (want_ret, want_start) in zip(steps, expected):
-            ret, start = track(ret, start, jnp.asarray(step, jnp.int32), jnp.asarray(reward), jnp.asarray(done))
-            np.testing.assert_allclose(np.asarray(ret), want_ret)
-            assert int(start) == want_start
-
-
-def test_lr_decay_starts_at_the_first_episode_that_reaches_the_return():
-    """Through `observe`: the rate is constant until an episode's return reaches the threshold, then
-    decays linearly over lr_decay_updates counted from that update."""
-    config = dqn.Config(hidden=(16,), lr_decay_updates=4, learning_rate=1e-2, lr_decay_start_return=2.5)
-    algo = dqn.make(config, VECTOR_SPEC)
-    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
-    assert state.episode_return.shape == (VECTOR_SPEC.num_envs,)
-    batch = fake_step(jax.random.PRNGKey(1), dataclasses.replace(VECTOR_SPEC, num_envs=6))
-    batch = batch.replace(obs=batch.obs.astype(jnp.float32), next_obs=batch.next_obs.astype(jnp.float32))
-    update, observe = jax.jit(algo.update), jax.jit(algo.observe)
-    obs = jnp.zeros((2, 4), jnp.float32)
-
-    def env_step(reward, done):
-        flags = jnp.asarray(done)
-        return Transition(obs, jnp.zeros(2, jnp.int32), jnp.asarray(reward, jnp.float32), flags,
-                          jnp.zeros(2, bool), obs)
-
-    rates = []
-    for i in range(8):
-        # env 0 earns 1 per step; its episodes end at steps 1 and 3 with return 2 (< 2.5), then at
-        # step 6 with return 3 (>= 2.5); env 1 never ends one
-        done = [i in (1, 3, 6), False]
-        state = observe(state, env_step([1.0, 0.0], done), jax.random.PRNGKey(i))
-        state, metrics = update(state, batch, jax.random.PRNGKey(10 + i))
-        rates.append(float(metrics["learning_rate"]))
-    # the start is the update count when that episode ended (6): updates 0-6 at the full rate, 7 at 0.75
-    assert int(state.decay_start) == 6
-    np.testing.assert_allclose(rates, [1e-2] * 7 + [7.5e-3], rtol=1e-6)
 
 
 # ---- learning -------------------------------------------------------------------------

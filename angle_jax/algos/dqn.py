@@ -57,11 +57,6 @@ class Config:
     learning rate linearly to 0 over the first N gradient updates (a run makes
     (total_steps - learning_starts) x gradient_steps / (num_envs x train_frequency)),
     so the policy settles instead of drifting late in a run; 0 keeps it constant.
-    With `lr_decay_start_return` R, the same decay starts at the first update after a
-    training episode (any env of the seed, exploration included) returned at least R, and
-    the rate stays constant until then: a seed that learns late keeps learning, one that
-    has solved the task stops before it drifts off (DQN tracks each env's running return
-    in its state for this, `observe` in the off-policy loop; other loops never start it).
     """
 
     hidden: tuple[int, ...] = (128, 128)
@@ -92,7 +87,6 @@ class Config:
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 10_000
     lr_decay_updates: int = 0
-    lr_decay_start_return: float | None = None
     axis_name: str | None = None
 
     def validate(self, num_envs: int | None = None) -> None:
@@ -118,8 +112,6 @@ class Config:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
         if self.lr_decay_updates < 0:
             raise ValueError(f"lr_decay_updates must be >= 0 (0 = constant learning rate), got {self.lr_decay_updates}")
-        if self.lr_decay_start_return is not None and not self.lr_decay_updates:
-            raise ValueError("lr_decay_start_return needs lr_decay_updates > 0 (the decay it starts)")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         check_epsilon_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
@@ -161,14 +153,8 @@ class DQNState:
     opt_state: tuple
     hparams: DQNHParams
     step: jax.Array  # gradient updates done so far
-    # with `lr_decay_start_return`: each env's return so far, and the update the decay starts at
-    episode_return: jax.Array | None = None
-    decay_start: jax.Array | None = None
 
     shared_fields = ("step",)  # one counter for all seeds: see core/axes.py
-
-
-NOT_STARTED = 2**31 - 1  # `decay_start` before any episode reached the return
 
 
 # ---- named pieces -------------------------------------------------------------
@@ -195,17 +181,6 @@ def greedy_action(q: jax.Array) -> jax.Array:
     """argmax_a Q(s, a) as int32 (first maximiser on ties). q: [batch, actions]."""
     chex.assert_rank(q, 2)
     return jnp.argmax(q, axis=-1).astype(jnp.int32)
-
-
-def track_returns(episode_return: jax.Array, decay_start: jax.Array, step: jax.Array, reward: jax.Array,
-                  done: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
-    """Per-env returns after one vectorised step (0 where an episode ended) and the decay's
-    start: `step` the first time an ending episode's return reaches `threshold`, then fixed."""
-    chex.assert_equal_shape([episode_return, reward, done])
-    total = episode_return + reward
-    reached = jnp.any(jnp.logical_and(done, total >= threshold))
-    start = jnp.where(jnp.logical_and(reached, decay_start == NOT_STARTED), step, decay_start)
-    return jnp.where(done, 0.0, total), start
 
 
 def epsilon_greedy(q: jax.Array, key: jax.Array, epsilon: jax.Array) -> jax.Array:
@@ -365,21 +340,8 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
     def init(key: jax.Array, spec_: EnvSpec = spec) -> DQNState:
         obs = jnp.zeros((1, *spec_.obs_shape), jnp.dtype(spec_.obs_dtype))
         params = net.init(key, obs)
-        tracked = {}
-        if config.lr_decay_start_return is not None:
-            tracked = dict(episode_return=jnp.zeros((spec_.num_envs,), jnp.float32),
-                           decay_start=jnp.asarray(NOT_STARTED, jnp.int32))
         return DQNState(params=params, target_params=params, opt_state=tx.init(params),
-                        hparams=hparams_from_config(DQNHParams, config), step=jnp.zeros((), jnp.int32), **tracked)
-
-    def observe(state: DQNState, tr: Transition, key: jax.Array) -> DQNState:
-        """Track each env's return; start the learning-rate decay when one reaches the threshold."""
-        del key
-        done = jnp.logical_or(tr.terminated, tr.truncated)
-        episode_return, decay_start = track_returns(state.episode_return, state.decay_start, state.step,
-                                                    tr.reward.astype(jnp.float32), done,
-                                                    config.lr_decay_start_return)
-        return state.replace(episode_return=episode_return, decay_start=decay_start)
+                        hparams=hparams_from_config(DQNHParams, config), step=jnp.zeros((), jnp.int32))
 
     def act(state: DQNState, obs: jax.Array) -> jax.Array:
         """Greedy action of the deterministic (mean-weight) network."""
@@ -431,13 +393,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
 
         (loss, (priority, q)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grads = maybe_pmean(grads, config.axis_name)
-        decayed = state.step
-        if config.lr_decay_start_return is not None:
-            # every data-parallel share starts the decay with the first one that reached the return
-            start = state.decay_start if config.axis_name is None else jax.lax.pmin(state.decay_start,
-                                                                                   config.axis_name)
-            decayed = jnp.where(start == NOT_STARTED, 0, jnp.maximum(state.step - start, 0))
-        learning_rate = linear_decay(hp.learning_rate, decayed, config.lr_decay_updates)
+        learning_rate = linear_decay(hp.learning_rate, state.step, config.lr_decay_updates)
         params, opt_state = apply_gradients(tx, state.params, state.opt_state, grads, learning_rate)
         step = state.step + 1
         target_params = jax.lax.cond(
@@ -445,7 +401,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
             lambda: polyak_update(params, state.target_params, hp.tau),
             lambda: state.target_params,
         )
-        new_state = state.replace(params=params, target_params=target_params, opt_state=opt_state, step=step)
+        new_state = DQNState(params, target_params, opt_state, hp, step)
         metrics = {"loss": loss, "q_mean": jnp.mean(q), "q_taken": jnp.mean(select_action_values(q, batch.action))}
         if config.lr_decay_updates:
             metrics["learning_rate"] = learning_rate
@@ -460,8 +416,7 @@ def make(config: Config, spec: EnvSpec, *, total_steps: int | None = None, kerne
         return buffer_for(config, loop.capacity_per_env, loop.batch_size)
 
     return bind_kernels(Algorithm(init=init, update=update, act=act, explore=explore, config=config,
-                                  make_buffer=make_buffer, kernels=kernels,
-                                  observe=None if config.lr_decay_start_return is None else observe))
+                                  make_buffer=make_buffer, kernels=kernels))
 
 
 SPEC = AlgoSpec(name="dqn", loop="off_policy", action_kind="discrete", Config=Config, make=make,
