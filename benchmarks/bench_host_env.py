@@ -253,6 +253,12 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="lunarlander: extra train.py override")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
+    for name in ("num_envs", "steps", "repeats", "ppo_steps", "seeds", "parallel", "eval_episodes", "ppo_steps_total"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--total-steps" if name == "ppo_steps_total" else "--" + name.replace("_", "-")
+            print(f"bench_host_env.py: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            sys.exit(2)
     if args.eval_episodes is None:
         args.eval_episodes = 20 if args.what == "lunarlander" else 2
     res = {"overhead": overhead, "retro": retro, "lunarlander": lunarlander}[args.what](args)
