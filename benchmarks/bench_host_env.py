@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_host_env.py overhead [--num-envs 8] [--steps 2000
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -239,7 +238,9 @@ def lunarlander(args) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser()
+    from angle_jax.cli import Parser  # one-line errors, exit code 2
+
+    p = Parser(prog="bench_host_env.py")
     p.add_argument("what", choices=["overhead", "retro", "lunarlander"])
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=2000)
@@ -257,8 +258,7 @@ def main():
         value = getattr(args, name)
         if value is not None and value < 1:
             flag = "--total-steps" if name == "ppo_steps_total" else "--" + name.replace("_", "-")
-            print(f"bench_host_env.py: error: {flag} must be >= 1, got {value}", file=sys.stderr)
-            sys.exit(2)
+            p.error(f"{flag} must be >= 1, got {value}")
     if args.eval_episodes is None:
         args.eval_episodes = 20 if args.what == "lunarlander" else 2
     res = {"overhead": overhead, "retro": retro, "lunarlander": lunarlander}[args.what](args)
