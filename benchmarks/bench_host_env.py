@@ -205,9 +205,11 @@ def lunarlander(args) -> dict:
 
     repo = Path(__file__).resolve().parent.parent
     out = repo / "runs" / "bench_host_env"
+    # each variant (overrides, budget) gets its own run directories: train() empties the one it writes
     tag = "".join("_" + x.replace("agent.", "").replace("=", "-") for x in args.set)
     common = ["--config", str(repo / "configs" / "ppo_lunarlander.yaml"), "--set", f"eval_episodes={args.eval_episodes}"]
     if args.ppo_steps_total:
+        tag += f"_{args.ppo_steps_total}steps"
         common += ["--total-steps", str(args.ppo_steps_total)]
     for item in args.set:
         common += ["--set", item]
